@@ -1,0 +1,330 @@
+"""Fused gated mixed attention in Triton: full and sink+window softmax share every QK tile.
+
+Forward (one pass over K tiles per Q tile): s = q·kᵀ·scale is computed once and fed to two online
+softmaxes, the full one (keys with ordinal ≤ p) and the local one (additionally k < S or p − W < k);
+out = α·O_full + (1 − α)·O_local. Backward recomputes each tile once for both softmaxes:
+
+    P_f = exp(s − lse_f)·full,  P_l = exp(s − lse_l)·local,  dP = dO·vᵀ
+    dV += (α·P_f + (1 − α)·P_l)ᵀ·dO
+    dS  = α·P_f·(dP − δ_f) + (1 − α)·P_l·(dP − δ_l),  δ_x = rowsum(dO ∘ O_x)
+    dK += dSᵀ·q·scale,  dQ += dS·k·scale,  dα = Σ (δ_f − δ_l)
+
+dK/dV are accumulated by one program per K tile (looping over the query tiles and the query heads of its
+GQA group), dQ by one program per Q tile, so no atomics are needed. Token ordinals come in as q_pos
+[B, Tq] and k_pos [B, Tk] (−1 = padding), exactly as the reference derives them from the mask.
+Set TRITON_INTERPRET=1 before importing this module to run it on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    _HAVE_TRITON = True
+except ImportError:  # pragma: no cover - laptops without triton
+    _HAVE_TRITON = False
+
+
+def triton_available() -> bool:
+    """Whether triton can be imported."""
+    return _HAVE_TRITON
+
+
+def _interpreting() -> bool:
+    """Whether triton runs in its CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+if _HAVE_TRITON:
+
+    @triton.jit
+    def _masks(q_pos, k_pos, SINK, WINDOW):
+        """Full and local visibility of a [M, N] tile from the ordinals."""
+        full = (k_pos[None, :] >= 0) & (k_pos[None, :] <= q_pos[:, None])
+        near = (k_pos[None, :] < SINK) | (k_pos[None, :] > q_pos[:, None] - WINDOW)
+        return full, full & near
+
+    @triton.jit
+    def _fwd_kernel(
+        Q, K, V, A, QPOS, KPOS, O, OF, OL, LSEF, LSEL,
+        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+        H, G, Tq, Tk, scale, SINK, WINDOW,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        hk = h // G
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_ok = offs_m < Tq
+        d_ok = offs_d < D
+
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        q_pos = tl.load(QPOS + b * Tq + offs_m, mask=m_ok, other=-1)
+        alpha = tl.load(A + hk).to(tl.float32)
+
+        m_f = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_f = tl.zeros([BLOCK_M], tl.float32)
+        acc_f = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        m_l = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_l = tl.zeros([BLOCK_M], tl.float32)
+        acc_l = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+        # queries are the last Tq keys: nothing after key index (m_end - 1 + Tk - Tq) is visible
+        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + Tk - Tq)
+        k_base = K + b * skb + hk * skh
+        v_base = V + b * svb + hk * svh
+        for start_n in range(0, hi, BLOCK_N):
+            cols = start_n + offs_n
+            n_ok = cols < Tk
+            k = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            k_pos = tl.load(KPOS + b * Tk + cols, mask=n_ok, other=-1)
+            full, local = _masks(q_pos, k_pos, SINK, WINDOW)
+            s = tl.dot(q, tl.trans(k)) * scale  # the shared QK tile
+
+            s_f = tl.where(full, s, float("-inf"))
+            m_new = tl.maximum(m_f, tl.max(s_f, 1))
+            p = tl.exp(s_f - m_new[:, None])
+            corr = tl.exp(m_f - m_new)
+            l_f = l_f * corr + tl.sum(p, 1)
+            acc_f = acc_f * corr[:, None] + tl.dot(p.to(v.dtype), v)
+            m_f = m_new
+
+            if tl.max(tl.sum(local.to(tl.int32), 1), 0) > 0:  # tiles between sinks and window skip the local update
+                s_l = tl.where(local, s, float("-inf"))
+                m_new = tl.maximum(m_l, tl.max(s_l, 1))
+                p = tl.exp(s_l - m_new[:, None])
+                corr = tl.exp(m_l - m_new)
+                l_l = l_l * corr + tl.sum(p, 1)
+                acc_l = acc_l * corr[:, None] + tl.dot(p.to(v.dtype), v)
+                m_l = m_new
+
+        o_f = acc_f / tl.maximum(l_f, 1.0e-30)[:, None]
+        o_l = acc_l / tl.maximum(l_l, 1.0e-30)[:, None]
+        o = alpha * o_f + (1.0 - alpha) * o_l
+        o_off = b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :]
+        o_mask = m_ok[:, None] & d_ok[None, :]
+        tl.store(O + o_off, o.to(O.dtype.element_ty), mask=o_mask)
+        tl.store(OF + o_off, o_f.to(OF.dtype.element_ty), mask=o_mask)
+        tl.store(OL + o_off, o_l.to(OL.dtype.element_ty), mask=o_mask)
+        row = pid_bh * Tq + offs_m
+        tl.store(LSEF + row, tl.where(l_f > 0, m_f + tl.log(tl.maximum(l_f, 1.0e-30)), 0.0), mask=m_ok)
+        tl.store(LSEL + row, tl.where(l_l > 0, m_l + tl.log(tl.maximum(l_l, 1.0e-30)), 0.0), mask=m_ok)
+
+    @triton.jit
+    def _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW):
+        """Recompute one tile for both softmaxes: the mixed probabilities and dS."""
+        full, local = _masks(q_pos, k_pos, SINK, WINDOW)
+        s = tl.dot(q, tl.trans(k)) * scale
+        p_f = tl.where(full, tl.exp(s - lse_f[:, None]), 0.0)
+        p_l = tl.where(local, tl.exp(s - lse_l[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = alpha * p_f * (dp - dlt_f[:, None]) + (1.0 - alpha) * p_l * (dp - dlt_l[:, None])
+        return alpha * p_f + (1.0 - alpha) * p_l, ds
+
+    @triton.jit
+    def _bwd_dkdv_kernel(
+        Q, K, V, A, QPOS, KPOS, DO, LSEF, LSEL, DLTF, DLTL, DK, DV,
+        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdkb, sdkh, sdkt,
+        H, HK, G, Tq, Tk, scale, SINK, WINDOW,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // HK
+        hk = pid_bh % HK
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        n_ok = offs_n < Tk
+        d_ok = offs_d < D
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+        k_pos = tl.load(KPOS + b * Tk + offs_n, mask=n_ok, other=-1)
+        alpha = tl.load(A + hk).to(tl.float32)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        # the first query that can see this K tile (queries are the last Tq keys)
+        lo = tl.maximum(pid_n * BLOCK_N - (Tk - Tq), 0) // BLOCK_M * BLOCK_M
+        for g in range(0, G):
+            h = hk * G + g
+            for start_m in range(lo, Tq, BLOCK_M):
+                offs_m = start_m + offs_m0
+                m_ok = offs_m < Tq
+                q_mask = m_ok[:, None] & d_ok[None, :]
+                q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
+                do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=q_mask, other=0.0)
+                q_pos = tl.load(QPOS + b * Tq + offs_m, mask=m_ok, other=-1)
+                row = (b * H + h) * Tq + offs_m
+                lse_f = tl.load(LSEF + row, mask=m_ok, other=0.0)
+                lse_l = tl.load(LSEL + row, mask=m_ok, other=0.0)
+                dlt_f = tl.load(DLTF + row, mask=m_ok, other=0.0)
+                dlt_l = tl.load(DLTL + row, mask=m_ok, other=0.0)
+                p, ds = _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW)
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        out = b * sdkb + hk * sdkh + offs_n[:, None] * sdkt + offs_d[None, :]
+        tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+    @triton.jit
+    def _bwd_dq_kernel(
+        Q, K, V, A, QPOS, KPOS, DO, LSEF, LSEL, DLTF, DLTL, DQ,
+        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdqb, sdqh, sdqt,
+        H, G, Tq, Tk, scale, SINK, WINDOW,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        hk = h // G
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_ok = offs_m < Tq
+        d_ok = offs_d < D
+        q_mask = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=q_mask, other=0.0)
+        q_pos = tl.load(QPOS + b * Tq + offs_m, mask=m_ok, other=-1)
+        row = pid_bh * Tq + offs_m
+        lse_f = tl.load(LSEF + row, mask=m_ok, other=0.0)
+        lse_l = tl.load(LSEL + row, mask=m_ok, other=0.0)
+        dlt_f = tl.load(DLTF + row, mask=m_ok, other=0.0)
+        dlt_l = tl.load(DLTL + row, mask=m_ok, other=0.0)
+        alpha = tl.load(A + hk).to(tl.float32)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + Tk - Tq)
+        for start_n in range(0, hi, BLOCK_N):
+            offs_n = start_n + offs_n0
+            n_ok = offs_n < Tk
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+            k_pos = tl.load(KPOS + b * Tk + offs_n, mask=n_ok, other=-1)
+            _, ds = _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW)
+            dq += tl.dot(ds.to(k.dtype), k)
+        out = b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :]
+        tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+
+
+def _blocks(d: int) -> tuple[int, int, int]:
+    """Tile sizes (BLOCK_M, BLOCK_N, BLOCK_D); small ones under the interpreter."""
+    block_d = max(16, triton.next_power_of_2(d))
+    if _interpreting():
+        return 16, 16, block_d
+    return (64, 64, block_d) if block_d <= 128 else (32, 32, block_d)
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """Batch, head and token strides of a [B, H, T, D] tensor whose last dim is contiguous."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _last_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x with a unit stride on the last dimension."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class FusedMixedAttention(torch.autograd.Function):
+    """Autograd wrapper of the fused forward and backward kernels."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        alpha: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        sink: int,
+        window: int,
+        scale: float,
+    ) -> torch.Tensor:
+        """Run the forward kernel; saves O_full, O_local and both log-sum-exps for the backward."""
+        q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
+        B, H, Tq, D = q.shape
+        HK, Tk = k.shape[1], k.shape[2]
+        G = H // HK
+        alpha_f = alpha.detach().float().contiguous()
+        o = torch.empty_like(q, memory_format=torch.contiguous_format)
+        o_f, o_l = torch.empty_like(o), torch.empty_like(o)
+        lse_f = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)
+        lse_l = torch.empty_like(lse_f)
+        bm, bn, bd = _blocks(D)
+        grid = (triton.cdiv(Tq, bm), B * H)
+        _fwd_kernel[grid](
+            q, k, v, alpha_f, q_pos, k_pos, o, o_f, o_l, lse_f, lse_l,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            H, G, Tq, Tk, scale, sink, window,
+            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, alpha_f, q_pos, k_pos, o_f, o_l, lse_f, lse_l)
+        ctx.args = (sink, window, scale, alpha.dtype)
+        return o
+
+    @staticmethod
+    def backward(ctx: Any, do: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        """Run the dK/dV and dQ kernels; dα is a reduction of the row deltas."""
+        q, k, v, alpha_f, q_pos, k_pos, o_f, o_l, lse_f, lse_l = ctx.saved_tensors
+        sink, window, scale, alpha_dtype = ctx.args
+        do = do.contiguous()
+        B, H, Tq, D = q.shape
+        HK, Tk = k.shape[1], k.shape[2]
+        G = H // HK
+        dlt_f = (do.float() * o_f.float()).sum(-1).contiguous()
+        dlt_l = (do.float() * o_l.float()).sum(-1).contiguous()
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+        dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+        bm, bn, bd = _blocks(D)
+        _bwd_dkdv_kernel[(triton.cdiv(Tk, bn), B * HK)](
+            q, k, v, alpha_f, q_pos, k_pos, do, lse_f, lse_l, dlt_f, dlt_l, dk, dv,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
+            H, HK, G, Tq, Tk, scale, sink, window,
+            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+        )  # fmt: skip
+        _bwd_dq_kernel[(triton.cdiv(Tq, bm), B * H)](
+            q, k, v, alpha_f, q_pos, k_pos, do, lse_f, lse_l, dlt_f, dlt_l, dq,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+            H, G, Tq, Tk, scale, sink, window,
+            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+        )  # fmt: skip
+        d_alpha = (dlt_f - dlt_l).view(B, HK, G, Tq).sum(dim=(0, 2, 3)).to(alpha_dtype)
+        return dq, dk, dv, d_alpha, None, None, None, None, None
+
+
+def fused_mixed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    alpha: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    sink: int,
+    window: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Fused mixed attention. q [B,Hq,Tq,D], k/v [B,Hkv,Tk,D], alpha [Hkv], q_pos [B,Tq], k_pos [B,Tk] (int32)."""
+    if not _HAVE_TRITON:
+        raise RuntimeError("triton is not installed")
+    if q.shape[2] > k.shape[2]:
+        raise ValueError("the fused kernel expects the queries to be the last Tq of the Tk keys")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q_pos = q_pos.to(device=q.device, dtype=torch.int32).contiguous()
+    k_pos = k_pos.to(device=q.device, dtype=torch.int32).contiguous()
+    out: torch.Tensor = FusedMixedAttention.apply(q, k, v, alpha, q_pos, k_pos, int(sink), int(window), scale)
+    return out
