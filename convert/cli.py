@@ -1,0 +1,133 @@
+"""Typer commands `rlkv-edge convert` and `rlkv-edge inspect` (registered by rlkv_edge/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rlkv_edge.heads import HeadsFileError, load_heads
+
+from .converter import convert_gguf
+from .inspect import DEFAULT_UBATCH, kv_memory, plot_scores, read_rlkv_info
+from .model import ConvertError
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error to stderr and return the Exit to raise."""
+    line = " ".join(str(message).split())
+    typer.echo(f"rlkv-edge: error: {line}", err=True)
+    return typer.Exit(code)
+
+
+def convert(
+    model: Path = typer.Argument(..., help="Input GGUF (llama, qwen2, qwen3, mistral).", show_default=False),
+    mask: Path = typer.Option(..., "--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Output GGUF [default: <stem>.rlkv.gguf]."
+    ),
+    sparsity: float | None = typer.Option(
+        None, "--sparsity", "-s", help="Default sparsity s in [0, 1] [0.5]."
+    ),
+    sink: int | None = typer.Option(None, "--sink", help="Sink tokens S [from the heads file]."),
+    window: int | None = typer.Option(None, "--window", help="Window tokens W [from the heads file]."),
+    force: bool = typer.Option(False, "--force", help="Re-convert a file that already has rlkv.* metadata."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Re-order a GGUF's KV heads by score and add rlkv.* metadata (stock llama.cpp still runs it)."""
+    try:
+        if sparsity is not None and not 0.0 <= sparsity <= 1.0:
+            raise ConvertError(f"--sparsity must be in [0, 1], got {sparsity}")
+        heads = load_heads(mask)
+        report = convert_gguf(
+            model,
+            heads,
+            output,
+            sparsity=sparsity,
+            sink=sink,
+            window=window,
+            force=force,
+            progress=not quiet and sys.stderr.isatty(),
+            heads_path=str(mask),
+        )
+    except (ConvertError, HeadsFileError) as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+    if not quiet:
+        typer.echo(report.summary())
+
+
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="A GGUF, converted or not.", show_default=False),
+    sparsity: float | None = typer.Option(
+        None, "--sparsity", "-s", help="Sparsity s [the file's rlkv.sparsity]."
+    ),
+    ctx: int | None = typer.Option(
+        None, "--ctx", "-c", help="Context N for the memory estimate [the model's]."
+    ),
+    type_k: str = typer.Option("f16", "--cache-type-k", help="KV cache type of K."),
+    type_v: str = typer.Option("f16", "--cache-type-v", help="KV cache type of V."),
+    ubatch: int = typer.Option(DEFAULT_UBATCH, "--ubatch", help="n_ubatch (sizes the local ring)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Save a layer x head heat map (needs matplotlib)."
+    ),
+) -> None:
+    """Show a GGUF's heads, full heads per layer and the KV memory with and without compression."""
+    try:
+        info = read_rlkv_info(model)
+        s = sparsity if sparsity is not None else (info.get("sparsity") if info["converted"] else 0.0)
+        if s is None or not 0.0 <= s <= 1.0:
+            raise ConvertError(f"--sparsity must be in [0, 1], got {s}")
+        n_ctx = ctx if ctx is not None else (info.get("context_length") or 4096)
+        memory = kv_memory(info, s, n_ctx, type_k, type_v, ubatch)
+        if plot is not None:
+            plot_scores(info, plot, s)
+    except ConvertError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({**info, "memory": memory}))
+    else:
+        typer.echo(_render(info, memory, plot))
+
+
+inspect = inspect_cmd
+
+
+def _mib(n: float) -> str:
+    """Bytes as MiB text."""
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _render(info: dict[str, Any], mem: dict[str, Any], plot: Path | None) -> str:
+    """Human-readable report."""
+    lines = [
+        f"file          {info['path']}",
+        f"architecture  {info['architecture']}",
+        f"heads         {info['n_layer']} layers x {info['n_head_kv']} KV heads "
+        f"({info['n_head']} query heads, head dim {info['head_dim_k']}/{info['head_dim_v']})",
+    ]
+    if not info["converted"]:
+        lines.append("rlkv          none (not converted: every head is full)")
+    else:
+        lines += [
+            f"rlkv          version {info['rlkv_version']}, S = {info['sink_size']}, W = {info['window_size']}, "
+            f"stored s = {info['sparsity']:g}",
+            f"source        {info['source']}",
+        ]
+    f_l = mem["full_heads_per_layer"]
+    lines += [
+        f"sparsity      {mem['sparsity']:g}: {mem['n_full']} of {info['n_layer'] * info['n_head_kv']} heads full",
+        "F_l           " + " ".join(str(f) for f in f_l),
+        f"KV @ {mem['n_ctx']:<8} {_mib(mem['kv_bytes_uncompressed'])} uncompressed -> "
+        f"{_mib(mem['kv_bytes_compressed'])} with rlkv ({mem['ratio']:.1%}; full cache "
+        f"{_mib(mem['kv_bytes_full_cache'])}, local ring {mem['ring_cells']} cells {_mib(mem['kv_bytes_local_cache'])})",
+        f"assumes       {mem['assumption']}",
+    ]
+    if plot is not None:
+        lines.append(f"plot          {plot}")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Opening a GGUF safely and reading the hyper-parameters that head re-ordering depends on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType
+from gguf.gguf_reader import ReaderField
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
+RLKV_PREFIX = "rlkv."
+
+
+class ConvertError(ValueError):
+    """A GGUF that cannot be converted or inspected; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Attention shape of a GGUF model: what the head permutation acts on."""
+
+    architecture: str
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_embd: int
+    context_length: int | None
+
+    @property
+    def group_size(self) -> int:
+        """g = n_head / n_head_kv: query heads per KV head."""
+        return self.n_head // self.n_head_kv
+
+
+def open_gguf(path: str | os.PathLike[str]) -> GGUFReader:
+    """Memory-map a GGUF with a one-line ConvertError for anything that is not a readable GGUF."""
+    p = Path(path)
+    if not p.exists():
+        raise ConvertError(f"{p}: no such file")
+    if not p.is_file():
+        raise ConvertError(f"{p}: not a regular file")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ConvertError(f"{p}: cannot read ({exc.strerror})") from None
+    if magic != b"GGUF":
+        raise ConvertError(f"{p}: not a GGUF file (bad magic {magic!r})")
+    try:
+        reader = GGUFReader(p, "r")
+    except Exception as exc:  # gguf-py raises ValueError/IndexError/KeyError/... on damaged files
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConvertError(f"{p}: damaged or truncated GGUF ({detail})") from None
+    if reader.byte_order != "I":
+        raise ConvertError(f"{p}: big-endian GGUF files are not supported")
+    size = os.path.getsize(p)
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
+            raise ConvertError(f"{p}: truncated GGUF (tensor {t.name} runs past the end of the file)")
+    return reader
+
+
+def field_value(reader: GGUFReader, key: str) -> Any:
+    """The value of a metadata key (scalar, str or list), or None when absent."""
+    f = reader.get_field(key)
+    if f is None:
+        return None
+    return f.contents()
+
+
+def field_array(f: ReaderField) -> np.ndarray:
+    """A numeric array field as one numpy array (fast path over gguf-py's per-item parts)."""
+    if not f.types or f.types[0] != GGUFValueType.ARRAY:
+        return np.asarray([f.contents()])
+    return np.concatenate([np.asarray(f.parts[i]).ravel() for i in f.data]) if f.data else np.zeros(0)
+
+
+def _uniform_int(reader: GGUFReader, key: str, path: Path, required: bool = True) -> int | None:
+    """An integer hyper-parameter that may be stored per layer; refuse non-uniform arrays."""
+    f = reader.get_field(key)
+    if f is None:
+        if required:
+            raise ConvertError(f"{path}: missing metadata key {key}")
+        return None
+    values = field_array(f)
+    if values.size == 0:
+        raise ConvertError(f"{path}: metadata key {key} is empty")
+    if not np.all(values == values[0]):
+        raise ConvertError(
+            f"{path}: {key} differs between layers ({sorted(set(values.tolist()))}); not supported"
+        )
+    return int(values[0])
+
+
+def model_info(reader: GGUFReader, path: str | os.PathLike[str], check_arch: bool = True) -> ModelInfo:
+    """Read architecture, L, n_head, H, head dims; refuse unsupported architectures and odd shapes."""
+    p = Path(path)
+    arch = field_value(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise ConvertError(f"{p}: missing general.architecture")
+    if check_arch and arch not in SUPPORTED_ARCHITECTURES:
+        raise ConvertError(
+            f"{p}: unsupported architecture '{arch}' (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    n_layer = _uniform_int(reader, f"{arch}.block_count", p)
+    n_head = _uniform_int(reader, f"{arch}.attention.head_count", p)
+    n_head_kv = _uniform_int(reader, f"{arch}.attention.head_count_kv", p, required=False) or n_head
+    n_embd = _uniform_int(reader, f"{arch}.embedding_length", p)
+    assert n_layer is not None and n_head is not None and n_embd is not None
+    if n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
+        raise ConvertError(f"{p}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
+    default_dim = n_embd // n_head
+    dk = _uniform_int(reader, f"{arch}.attention.key_length", p, required=False) or default_dim
+    dv = _uniform_int(reader, f"{arch}.attention.value_length", p, required=False) or default_dim
+    ctx = _uniform_int(reader, f"{arch}.context_length", p, required=False)
+    return ModelInfo(arch, n_layer, n_head, n_head_kv, dk, dv, n_embd, ctx)
+
+
+def has_rlkv(reader: GGUFReader) -> bool:
+    """Whether the file already carries rlkv.* metadata (was converted before)."""
+    return any(name.startswith(RLKV_PREFIX) for name in reader.fields)
+
+
+def stored_perm(reader: GGUFReader, info: ModelInfo, path: str | os.PathLike[str]) -> np.ndarray:
+    """rlkv.head_perm as an [L, H] int array (identity when absent); validated to be per-layer permutations."""
+    f = reader.get_field("rlkv.head_perm")
+    shape = (info.n_layer, info.n_head_kv)
+    if f is None:
+        return np.tile(np.arange(info.n_head_kv, dtype=np.int64), (info.n_layer, 1))
+    perm = field_array(f).astype(np.int64)
+    if perm.size != info.n_layer * info.n_head_kv:
+        raise ConvertError(
+            f"{path}: rlkv.head_perm has {perm.size} entries, expected {shape[0]} x {shape[1]}"
+        )
+    perm = perm.reshape(shape)
+    expected = np.arange(info.n_head_kv)
+    if not all(np.array_equal(np.sort(row), expected) for row in perm):
+        raise ConvertError(f"{path}: rlkv.head_perm is not a permutation of each layer's heads")
+    return perm
