@@ -1,0 +1,52 @@
+"""Tiny random models for tests and demos (built from a config, nothing downloaded)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+ARCHS = ("llama", "qwen2")
+
+
+def tiny_model(
+    arch: str = "llama",
+    vocab_size: int = 128,
+    hidden_size: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    max_positions: int = 512,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A randomly initialised float32 llama or qwen2 causal LM (SDPA attention, eval mode)."""
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_head_kv,
+        max_position_embeddings=max_positions,
+        attn_implementation="sdpa",
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model: PreTrainedModel = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    with torch.no_grad():  # larger weights than the default init, so attention patterns are far from uniform
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8.0)
+            if name.endswith("q_proj.bias") or name.endswith("k_proj.bias"):
+                p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """position_ids as generate() derives them: ordinal of each token among the non-pad tokens (pads get 1)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)
