@@ -1,0 +1,457 @@
+// rlkv-edge: per-head KV memory (see llama-kv-cache-rlkv.h)
+#include "llama-kv-cache-rlkv.h"
+#include "rlkv-hooks.h"
+
+#include "llama-impl.h"
+#include "llama-batch.h"
+#include "llama-model.h"
+#include "llama-cparams.h"
+#include "llama-kv-cells.h"
+
+#include <algorithm>
+#include <cassert>
+#include <limits>
+#include <stdexcept>
+
+//
+// llama_kv_cache_rlkv
+//
+
+llama_kv_cache_rlkv::llama_kv_cache_rlkv(
+        const llama_model & model,
+    const llama_rlkv_meta & meta,
+                ggml_type   type_k,
+                ggml_type   type_v,
+                     bool   v_trans,
+                     bool   offload,
+                     bool   swa_full,
+                     bool   unified,
+                 uint32_t   kv_size,
+                 uint32_t   n_seq_max,
+                 uint32_t   n_ubatch) :
+    unified(unified), n_sink(meta.sink), n_window(meta.window), n_head_kv(meta.n_head_kv), n_seq_max(n_seq_max),
+    n_full(meta.n_full), hparams_full(model.hparams), hparams_local(model.hparams) {
+
+    const uint32_t L = meta.n_layer;
+    const uint32_t H = meta.n_head_kv;
+
+    bool any_full  = false;
+    bool any_local = false;
+
+    for (uint32_t il = 0; il < L; ++il) {
+        const uint32_t f = (uint32_t) n_full[il];
+        hparams_full .n_head_kv_arr[il] = f;
+        hparams_local.n_head_kv_arr[il] = H - f;
+        any_full  |= f > 0;
+        any_local |= f < H;
+    }
+
+    const std::vector<int32_t> nf = n_full;
+
+    const layer_filter_cb filter_full  = [nf](int32_t il) { return il >= 0 && (size_t) il < nf.size() && nf[il] > 0; };
+    const layer_filter_cb filter_local = [nf, H](int32_t il) { return il >= 0 && (size_t) il < nf.size() && (uint32_t) nf[il] < H; };
+
+    // the ring: S + W (per sequence unless unified... then for all of them) + one ubatch, padded like the iSWA cache
+    const uint64_t ring = ((uint64_t) n_sink + n_window)*(unified ? n_seq_max : 1) + n_ubatch;
+    uint32_t size_local = (uint32_t) std::min<uint64_t>(kv_size, ring);
+    size_local = GGML_PAD(size_local, 256);
+    if (swa_full) {
+        size_local = kv_size;
+    }
+    // the ring never needs more cells than the full context
+    size_local = std::min(size_local, kv_size);
+
+    if (any_full) {
+        LLAMA_LOG_INFO("%s: creating rlkv full KV cache, size = %u cells\n", __func__, kv_size);
+        kv_full = std::make_unique<llama_kv_cache>(
+                model, hparams_full, type_k, type_v,
+                v_trans, offload, unified, kv_size, n_seq_max, 1,
+                0, LLAMA_SWA_TYPE_NONE, nullptr, filter_full, nullptr, nullptr, "");
+    }
+
+    if (any_local) {
+        LLAMA_LOG_INFO("%s: creating rlkv local KV cache, size = %u cells (sink %u + window %u)\n", __func__, size_local, n_sink, n_window);
+        // a zero window is represented as "everything at distance >= 0 is masked" except the sinks
+        kv_local = std::make_unique<llama_kv_cache>(
+                model, hparams_local, type_k, type_v,
+                v_trans, offload, unified, size_local, n_seq_max, 1,
+                n_window, LLAMA_SWA_TYPE_RLKV, nullptr, filter_local, nullptr, nullptr, "rlkv_local_");
+        kv_local->set_n_sink(n_sink);
+    }
+
+    GGML_ASSERT(kv_full || kv_local);
+}
+
+size_t llama_kv_cache_rlkv::bytes_full() const {
+    size_t res = 0;
+    if (kv_full) {
+        for (const auto & [_, sz] : kv_full->memory_breakdown()) {
+            res += sz;
+        }
+    }
+    return res;
+}
+
+size_t llama_kv_cache_rlkv::bytes_local() const {
+    size_t res = 0;
+    if (kv_local) {
+        for (const auto & [_, sz] : kv_local->memory_breakdown()) {
+            res += sz;
+        }
+    }
+    return res;
+}
+
+void llama_kv_cache_rlkv::clear(bool data) {
+    if (kv_full)  { kv_full ->clear(data); }
+    if (kv_local) { kv_local->clear(data); }
+}
+
+// positions (sorted, unique) of seq_id in a cache
+static std::vector<llama_pos> rlkv_seq_positions(const llama_kv_cache & kv, llama_seq_id seq_id) {
+    std::vector<llama_pos> res;
+    const llama_kv_cells & cells = kv.get_cells(seq_id);
+    for (uint32_t i = 0; i < cells.size(); ++i) {
+        if (!cells.is_empty(i) && cells.seq_has(i, seq_id)) {
+            res.push_back(cells.pos_get(i));
+        }
+    }
+    std::sort(res.begin(), res.end());
+    res.erase(std::unique(res.begin(), res.end()), res.end());
+    return res;
+}
+
+bool llama_kv_cache_rlkv::local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const {
+    if (!kv_local) {
+        return true;
+    }
+
+    // R: what the local heads hold
+    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
+    if (R.empty()) {
+        return true;
+    }
+
+    // Lg: the positions the sequence logically has. the full cache holds all of them; without one, assume 0..max
+    std::vector<llama_pos> Lg;
+    if (kv_full) {
+        Lg = rlkv_seq_positions(*kv_full, seq_id);
+    } else {
+        Lg.resize(R.back() + 1);
+        for (llama_pos p = 0; p <= R.back(); ++p) {
+            Lg[p] = p;
+        }
+    }
+
+    auto removed = [&](llama_pos p) { return p >= p0 && p < p1; };
+    auto resident = [&](llama_pos p) { return std::binary_search(R.begin(), R.end(), p); };
+
+    bool any_removed = false;
+    std::vector<llama_pos> rest;
+    rest.reserve(Lg.size());
+    for (llama_pos p : Lg) {
+        if (removed(p)) {
+            any_removed = true;
+        } else {
+            rest.push_back(p);
+        }
+    }
+    if (!any_removed || rest.empty()) {
+        return true; // nothing changes, or the sequence is emptied
+    }
+
+    const llama_pos q = rest.back() + 1; // the next query
+    const int64_t S = n_sink;
+    const int64_t W = n_window;
+
+    // (a) the next query at q, positions as they are
+    for (llama_pos p : rest) {
+        const bool needed = p < S || (int64_t) p >= (int64_t) q - W + 1;
+        if (needed && !resident(p)) {
+            return false;
+        }
+    }
+
+    // (b) the same after the usual follow-up seq_add that closes the hole (context shift): the tail moves down by d
+    const bool has_tail = rest.back() >= p1;
+    if (has_tail && p1 < std::numeric_limits<llama_pos>::max()) {
+        const int64_t d = (int64_t) p1 - p0;
+        const int64_t q_new = (int64_t) q - d;
+        for (llama_pos p : rest) {
+            const int64_t p_new = p >= p1 ? (int64_t) p - d : (int64_t) p;
+            const bool needed = p_new < S || p_new >= q_new - W + 1;
+            if (needed && !resident(p)) {
+                return false;
+            }
+        }
+    }
+
+    return true;
+}
+
+bool llama_kv_cache_rlkv::seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
+    if (p0 < 0) {
+        p0 = 0;
+    }
+    if (p1 < 0) {
+        p1 = std::numeric_limits<llama_pos>::max();
+    }
+
+    if (kv_local) {
+        if (seq_id >= 0) {
+            if ((uint32_t) seq_id >= n_seq_max && kv_local->get_n_stream() > 1) {
+                return false;
+            }
+            if (!local_rm_ok(seq_id, p0, p1)) {
+                LLAMA_LOG_DEBUG("%s: rlkv: refusing seq_rm(%d, %d, %d): the local heads would miss keys\n", __func__, seq_id, p0, p1);
+                return false;
+            }
+        } else {
+            for (uint32_t s = 0; s < n_seq_max && s < LLAMA_MAX_SEQ; ++s) {
+                if (!local_rm_ok((llama_seq_id) s, p0, p1)) {
+                    LLAMA_LOG_DEBUG("%s: rlkv: refusing seq_rm(-1, %d, %d): seq %u would miss keys\n", __func__, p0, p1, s);
+                    return false;
+                }
+            }
+        }
+    }
+
+    bool res = true;
+    if (kv_full)  { res = kv_full ->seq_rm(seq_id, p0, p1) && res; }
+    if (kv_local) { res = kv_local->seq_rm(seq_id, p0, p1) && res; }
+    return res;
+}
+
+void llama_kv_cache_rlkv::seq_cp(llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1) {
+    if (kv_full)  { kv_full ->seq_cp(seq_id_src, seq_id_dst, p0, p1); }
+    if (kv_local) { kv_local->seq_cp(seq_id_src, seq_id_dst, p0, p1); }
+}
+
+void llama_kv_cache_rlkv::seq_keep(llama_seq_id seq_id) {
+    if (kv_full)  { kv_full ->seq_keep(seq_id); }
+    if (kv_local) { kv_local->seq_keep(seq_id); }
+}
+
+void llama_kv_cache_rlkv::seq_add(llama_seq_id seq_id, llama_pos p0, llama_pos p1, llama_pos shift) {
+    if (kv_full)  { kv_full ->seq_add(seq_id, p0, p1, shift); }
+    if (kv_local) { kv_local->seq_add(seq_id, p0, p1, shift); }
+}
+
+void llama_kv_cache_rlkv::seq_div(llama_seq_id seq_id, llama_pos p0, llama_pos p1, int d) {
+    if (kv_full)  { kv_full ->seq_div(seq_id, p0, p1, d); }
+    if (kv_local) { kv_local->seq_div(seq_id, p0, p1, d); }
+}
+
+llama_pos llama_kv_cache_rlkv::seq_pos_min(llama_seq_id seq_id) const {
+    // the full cache holds every position; the local one always keeps the sinks
+    return kv_full ? kv_full->seq_pos_min(seq_id) : kv_local->seq_pos_min(seq_id);
+}
+
+llama_pos llama_kv_cache_rlkv::seq_pos_max(llama_seq_id seq_id) const {
+    llama_pos res = -1;
+    if (kv_full)  { res = std::max(res, kv_full ->seq_pos_max(seq_id)); }
+    if (kv_local) { res = std::max(res, kv_local->seq_pos_max(seq_id)); }
+    return res;
+}
+
+std::map<ggml_backend_buffer_type_t, size_t> llama_kv_cache_rlkv::memory_breakdown() const {
+    std::map<ggml_backend_buffer_type_t, size_t> mb;
+    if (kv_full) {
+        mb = kv_full->memory_breakdown();
+    }
+    if (kv_local) {
+        for (const auto & [buft, sz] : kv_local->memory_breakdown()) {
+            mb[buft] += sz;
+        }
+    }
+    return mb;
+}
+
+llama_memory_context_ptr llama_kv_cache_rlkv::init_batch(llama_batch_allocr & balloc, uint32_t n_ubatch, bool embd_all) {
+    GGML_UNUSED(embd_all);
+
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        if (attempt == 0 && !unified) {
+            continue; // the simple split needs a unified cache
+        }
+
+        balloc.split_reset();
+
+        std::vector<llama_ubatch> ubatches;
+        while (true) {
+            auto ubatch = attempt == 0 ? balloc.split_simple(n_ubatch) : balloc.split_equal(n_ubatch, !unified, 0);
+            if (ubatch.n_tokens == 0) {
+                break;
+            }
+            ubatches.push_back(std::move(ubatch)); // NOLINT
+        }
+
+        if (balloc.get_n_used() < balloc.get_n_tokens()) {
+            continue;
+        }
+
+        llama_kv_cache::slot_info_vec_t sinfos_full;
+        llama_kv_cache::slot_info_vec_t sinfos_local;
+
+        if (kv_full) {
+            sinfos_full = kv_full->prepare(ubatches);
+            if (sinfos_full.empty()) {
+                continue;
+            }
+        }
+        if (kv_local) {
+            sinfos_local = kv_local->prepare(ubatches);
+            if (sinfos_local.empty()) {
+                continue;
+            }
+        }
+
+        return std::make_unique<llama_kv_cache_rlkv_context>(this, std::move(sinfos_full), std::move(sinfos_local), std::move(ubatches));
+    }
+
+    return std::make_unique<llama_kv_cache_rlkv_context>(LLAMA_MEMORY_STATUS_FAILED_PREPARE);
+}
+
+llama_memory_context_ptr llama_kv_cache_rlkv::init_full() {
+    return std::make_unique<llama_kv_cache_rlkv_context>(this);
+}
+
+llama_memory_context_ptr llama_kv_cache_rlkv::init_update(llama_context * lctx, bool optimize) {
+    return std::make_unique<llama_kv_cache_rlkv_context>(this, lctx, optimize);
+}
+
+bool llama_kv_cache_rlkv::get_can_shift() const {
+    bool res = true;
+    if (kv_full)  { res = res && kv_full ->get_can_shift(); }
+    if (kv_local) { res = res && kv_local->get_can_shift(); }
+    return res;
+}
+
+void llama_kv_cache_rlkv::state_write(llama_io_write_i & io, llama_seq_id seq_id, llama_state_seq_flags flags) const {
+    if (kv_full && (flags & LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0) {
+        kv_full->state_write(io, seq_id, flags);
+    }
+    if (kv_local) {
+        kv_local->state_write(io, seq_id, flags);
+    }
+}
+
+void llama_kv_cache_rlkv::state_read(llama_io_read_i & io, llama_seq_id seq_id, llama_state_seq_flags flags) {
+    if (kv_full && (flags & LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0) {
+        kv_full->state_read(io, seq_id, flags);
+    }
+    if (kv_local) {
+        kv_local->state_read(io, seq_id, flags);
+    }
+}
+
+//
+// llama_kv_cache_rlkv_context
+//
+
+static llama_memory_status rlkv_combine(const llama_memory_context_ptr & a, const llama_memory_context_ptr & b) {
+    if (a && b) {
+        return llama_memory_status_combine(a->get_status(), b->get_status());
+    }
+    if (a) {
+        return a->get_status();
+    }
+    return b->get_status();
+}
+
+llama_kv_cache_rlkv_context::llama_kv_cache_rlkv_context(llama_memory_status status) : status(status) {}
+
+llama_kv_cache_rlkv_context::llama_kv_cache_rlkv_context(llama_kv_cache_rlkv * kv) : kv(kv) {
+    if (kv->get_full())  { ctx_full  = kv->get_full ()->init_full(); }
+    if (kv->get_local()) { ctx_local = kv->get_local()->init_full(); }
+    status = rlkv_combine(ctx_full, ctx_local);
+}
+
+llama_kv_cache_rlkv_context::llama_kv_cache_rlkv_context(llama_kv_cache_rlkv * kv, llama_context * lctx, bool optimize) : kv(kv) {
+    if (kv->get_full())  { ctx_full  = kv->get_full ()->init_update(lctx, optimize); }
+    if (kv->get_local()) { ctx_local = kv->get_local()->init_update(lctx, optimize); }
+    status = rlkv_combine(ctx_full, ctx_local);
+}
+
+llama_kv_cache_rlkv_context::llama_kv_cache_rlkv_context(
+        llama_kv_cache_rlkv * kv,
+        slot_info_vec_t sinfos_full,
+        slot_info_vec_t sinfos_local,
+        std::vector<llama_ubatch> ubatches) : kv(kv), ubatches(std::move(ubatches)) {
+    if (kv->get_full()) {
+        ctx_full.reset(new llama_kv_cache_context(kv->get_full(), std::move(sinfos_full), this->ubatches));
+    }
+    if (kv->get_local()) {
+        ctx_local.reset(new llama_kv_cache_context(kv->get_local(), std::move(sinfos_local), this->ubatches));
+    }
+    status = rlkv_combine(ctx_full, ctx_local);
+}
+
+llama_kv_cache_rlkv_context::~llama_kv_cache_rlkv_context() = default;
+
+bool llama_kv_cache_rlkv_context::next() {
+    assert(status == LLAMA_MEMORY_STATUS_SUCCESS);
+
+    if (ctx_full)  { ctx_full ->next(); }
+    if (ctx_local) { ctx_local->next(); }
+
+    if (++i_next >= ubatches.size()) {
+        return false;
+    }
+    return true;
+}
+
+bool llama_kv_cache_rlkv_context::apply() {
+    assert(!llama_memory_status_is_fail(status));
+
+    bool res = true;
+    if (ctx_full)  { res = ctx_full ->apply() && res; }
+    if (ctx_local) { res = ctx_local->apply() && res; }
+    return res;
+}
+
+llama_memory_status llama_kv_cache_rlkv_context::get_status() const {
+    return status;
+}
+
+const llama_ubatch & llama_kv_cache_rlkv_context::get_ubatch() const {
+    assert(status == LLAMA_MEMORY_STATUS_SUCCESS);
+    return ubatches[i_next];
+}
+
+const llama_kv_cache_context * llama_kv_cache_rlkv_context::get_full() const {
+    return static_cast<const llama_kv_cache_context *>(ctx_full.get());
+}
+
+const llama_kv_cache_context * llama_kv_cache_rlkv_context::get_local() const {
+    return static_cast<const llama_kv_cache_context *>(ctx_local.get());
+}
+
+//
+// hook: memory creation
+//
+
+llama_memory_i * llama_rlkv_create_memory(const llama_model & model, const llama_memory_params & params, const llama_cparams & cparams) {
+    if (!model.rlkv) {
+        return nullptr;
+    }
+    const llama_rlkv_meta & meta = *model.rlkv;
+    if (meta.all_full()) {
+        LLAMA_LOG_INFO("%s: rlkv: every head is full (s = %.4f): using the upstream KV cache\n", __func__, (double) meta.sparsity);
+        return nullptr;
+    }
+    if (cparams.training) {
+        throw std::runtime_error("rlkv: training contexts are not supported with rlkv metadata");
+    }
+
+    return new llama_kv_cache_rlkv(
+            model, meta,
+            params.type_k, params.type_v,
+            !cparams.flash_attn,
+            cparams.offload_kqv,
+            params.swa_full,
+            cparams.kv_unified,
+            cparams.n_ctx_seq,
+            cparams.n_seq_max,
+            cparams.n_ubatch);
+}

@@ -1,0 +1,74 @@
+// Public C API of rlkv-edge's additions to llama.cpp.
+//
+// llama-cpp-python mirrors llama.h with ctypes, so llama.h's structs stay untouched; everything rlkv-edge
+// adds is exported as new llama_rlkv_* functions declared here and bound in rlkv_edge/runtime.py.
+//
+// Functions:
+//   llama_rlkv_version()       "rlkv-edge <version> llama.cpp <commit>": proves the loaded libllama is our build.
+//   llama_rlkv_info()          the model's rlkv metadata: enabled flag, L, query heads, H, S, W, s, and F_l (full
+//                              KV heads per layer, which are heads [0, F_l) of the layer). A model without rlkv.*
+//                              metadata reports enabled = 0 and F_l = H for every layer.
+//   llama_rlkv_kv_bytes()      bytes of the full and of the local (sink + window) KV cache of a context. A context
+//                              without an rlkv cache (no metadata, or s = 0) counts everything as full, local = 0.
+//   llama_rlkv_kv_cells()      cells of the full and of the local cache (0 for a cache that does not exist).
+//   llama_rlkv_n_full_heads()  the pure mask rule of DESIGN.md §2 (same as rlkv_edge/masks.py): F_l per layer and,
+//                              optionally, the [L*H] 0/1 mask of full heads, for any scores (not only sorted ones).
+#pragma once
+
+#include "llama.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct llama_rlkv_model_info {
+    int32_t enabled;      // 1: the model has rlkv.* metadata (after kv_overrides), 0: it has none
+    int32_t n_layer;      // L
+    int32_t n_head;       // query heads per layer
+    int32_t n_head_kv;    // H, KV heads per layer
+    int32_t sink_size;    // S (0 when not enabled)
+    int32_t window_size;  // W (0 when not enabled)
+    float   sparsity;     // s (0 when not enabled)
+    int32_t n_full_total; // sum of F_l
+};
+
+// "rlkv-edge <version> llama.cpp <commit>": proves the loaded libllama is our patched build.
+LLAMA_API const char * llama_rlkv_version(void);
+
+// fills *out (if not NULL) and n_full_per_layer[0 .. min(L, n_layer_cap)) (if not NULL);
+// returns L, or -1 if model is NULL
+LLAMA_API int32_t llama_rlkv_info(
+        const struct llama_model * model,
+        struct llama_rlkv_model_info * out,
+        int32_t * n_full_per_layer,
+        int32_t   n_layer_cap);
+
+// returns false if ctx is NULL or has no KV memory
+LLAMA_API bool llama_rlkv_kv_bytes(
+        const struct llama_context * ctx,
+        uint64_t * full_bytes,
+        uint64_t * local_bytes);
+
+// returns false if ctx is NULL or has no KV memory
+LLAMA_API bool llama_rlkv_kv_cells(
+        const struct llama_context * ctx,
+        uint32_t * full_cells,
+        uint32_t * local_cells);
+
+// scores: [n_layer*n_head_kv] layer-major; n_full_per_layer: [n_layer] (may be NULL); full_mask: [n_layer*n_head_kv]
+// (may be NULL), 1 = full head. returns k_full (number of full heads), or -1 on invalid input
+// (sparsity outside [0, 1] or NaN, a NaN score, n_layer or n_head_kv < 1, scores NULL)
+LLAMA_API int32_t llama_rlkv_n_full_heads(
+        float         sparsity,
+        const float * scores,
+        int32_t       n_layer,
+        int32_t       n_head_kv,
+        int32_t     * n_full_per_layer,
+        int8_t      * full_mask);
+
+#ifdef __cplusplus
+}
+#endif
