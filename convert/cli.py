@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -24,18 +24,28 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def convert(
-    model: Path = typer.Argument(..., help="Input GGUF (llama, qwen2, qwen3, mistral).", show_default=False),
-    mask: Path = typer.Option(..., "--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Output GGUF [default: <stem>.rlkv.gguf]."
-    ),
-    sparsity: float | None = typer.Option(
-        None, "--sparsity", "-s", help="Default sparsity s in [0, 1] [0.5]."
-    ),
-    sink: int | None = typer.Option(None, "--sink", help="Sink tokens S [from the heads file]."),
-    window: int | None = typer.Option(None, "--window", help="Window tokens W [from the heads file]."),
-    force: bool = typer.Option(False, "--force", help="Re-convert a file that already has rlkv.* metadata."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    model: Annotated[
+        Path, typer.Argument(help="Input GGUF (llama, qwen2, qwen3, mistral).", show_default=False)
+    ],
+    mask: Annotated[
+        Path, typer.Option("--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output GGUF [default: <stem>.rlkv.gguf].")
+    ] = None,
+    sparsity: Annotated[
+        float | None, typer.Option("--sparsity", "-s", help="Default sparsity s in [0, 1] [default: 0.5].")
+    ] = None,
+    sink: Annotated[
+        int | None, typer.Option("--sink", help="Sink tokens S [default: the heads file's].")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option("--window", help="Window tokens W [default: the heads file's].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-convert a file that already has rlkv.* keys.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Re-order a GGUF's KV heads by score and add rlkv.* metadata (stock llama.cpp still runs it)."""
     try:
@@ -62,20 +72,23 @@ def convert(
 
 
 def inspect_cmd(
-    model: Path = typer.Argument(..., help="A GGUF, converted or not.", show_default=False),
-    sparsity: float | None = typer.Option(
-        None, "--sparsity", "-s", help="Sparsity s [the file's rlkv.sparsity]."
-    ),
-    ctx: int | None = typer.Option(
-        None, "--ctx", "-c", help="Context N for the memory estimate [the model's]."
-    ),
-    type_k: str = typer.Option("f16", "--cache-type-k", help="KV cache type of K."),
-    type_v: str = typer.Option("f16", "--cache-type-v", help="KV cache type of V."),
-    ubatch: int = typer.Option(DEFAULT_UBATCH, "--ubatch", help="n_ubatch (sizes the local ring)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    plot: Path | None = typer.Option(
-        None, "--plot", help="Save a layer x head heat map (needs matplotlib)."
-    ),
+    model: Annotated[Path, typer.Argument(help="A GGUF, converted or not.", show_default=False)],
+    sparsity: Annotated[
+        float | None, typer.Option("--sparsity", "-s", help="Sparsity s [default: the file's rlkv.sparsity].")
+    ] = None,
+    ctx: Annotated[
+        int | None,
+        typer.Option("--ctx", "-c", help="Context N of the memory estimate [default: the model's]."),
+    ] = None,
+    type_k: Annotated[str, typer.Option("--cache-type-k", help="KV cache type of K.")] = "f16",
+    type_v: Annotated[str, typer.Option("--cache-type-v", help="KV cache type of V.")] = "f16",
+    ubatch: Annotated[
+        int, typer.Option("--ubatch", help="n_ubatch (sizes the local ring).")
+    ] = DEFAULT_UBATCH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Save a layer x head heat map PNG (needs matplotlib).")
+    ] = None,
 ) -> None:
     """Show a GGUF's heads, full heads per layer and the KV memory with and without compression."""
     try:
@@ -115,17 +128,19 @@ def _render(info: dict[str, Any], mem: dict[str, Any], plot: Path | None) -> str
         lines.append("rlkv          none (not converted: every head is full)")
     else:
         lines += [
-            f"rlkv          version {info['rlkv_version']}, S = {info['sink_size']}, W = {info['window_size']}, "
-            f"stored s = {info['sparsity']:g}",
+            f"rlkv          version {info['rlkv_version']}, S = {info['sink_size']}, "
+            f"W = {info['window_size']}, stored s = {info['sparsity']:g}",
             f"source        {info['source']}",
         ]
     f_l = mem["full_heads_per_layer"]
+    n_heads = info["n_layer"] * info["n_head_kv"]
     lines += [
-        f"sparsity      {mem['sparsity']:g}: {mem['n_full']} of {info['n_layer'] * info['n_head_kv']} heads full",
+        f"sparsity      {mem['sparsity']:g}: {mem['n_full']} of {n_heads} heads full",
         "F_l           " + " ".join(str(f) for f in f_l),
         f"KV @ {mem['n_ctx']:<8} {_mib(mem['kv_bytes_uncompressed'])} uncompressed -> "
         f"{_mib(mem['kv_bytes_compressed'])} with rlkv ({mem['ratio']:.1%}; full cache "
-        f"{_mib(mem['kv_bytes_full_cache'])}, local ring {mem['ring_cells']} cells {_mib(mem['kv_bytes_local_cache'])})",
+        f"{_mib(mem['kv_bytes_full_cache'])}, local ring of {mem['ring_cells']} cells "
+        f"{_mib(mem['kv_bytes_local_cache'])})",
         f"assumes       {mem['assumption']}",
     ]
     if plot is not None:

@@ -140,7 +140,7 @@ def _kv_records(reader: GGUFReader) -> Iterator[bytes]:
     """Raw bytes of every source key/value record except rlkv.* keys, in file order."""
     fields = [f for name, f in reader.fields.items() if not name.startswith("GGUF.")]
     ends = [f.offset for f in fields[1:]] + [reader.tensors[0].field.offset if reader.tensors else -1]
-    for f, end in zip(fields, ends):
+    for f, end in zip(fields, ends, strict=True):
         if f.name.startswith(RLKV_PREFIX):
             continue
         raw = bytes(reader.data[f.offset : end]) if end > f.offset else raw_field_bytes(f)
@@ -206,7 +206,7 @@ def _plan_jobs(reader: GGUFReader, info: ModelInfo, moves: np.ndarray) -> list[_
 
 
 def _tensor_data(job: _Job, moves: np.ndarray) -> np.ndarray:
-    """The re-ordered data of a planned tensor (moves[l, j] = current position of the head going to slot j)."""
+    """Re-ordered data of a planned tensor (moves[l, j]: current position of the head for slot j)."""
     assert job.plan is not None
     perm = moves[job.plan.layer]
     qtype = GGMLQuantizationType(job.src.tensor_type)
@@ -317,7 +317,7 @@ def _write(
             bar = stack.enter_context(_progress(show_progress, sum(e.n_bytes for e in entries)))
             task = bar.add_task("", total=sum(e.n_bytes for e in entries))
             writer = GGUFStreamWriter(out, kv, entries, int(reader.alignment))
-            for job, entry in zip(jobs, entries):
+            for job, entry in zip(jobs, entries, strict=True):
                 bar.update(task, description=job.src.name)
                 if job.plan is None:
                     writer.copy_from(job.src.name, src_f, int(job.src.data_offset))

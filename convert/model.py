@@ -110,9 +110,10 @@ def model_info(reader: GGUFReader, path: str | os.PathLike[str], check_arch: boo
         )
     n_layer = _uniform_int(reader, f"{arch}.block_count", p)
     n_head = _uniform_int(reader, f"{arch}.attention.head_count", p)
+    assert n_layer is not None and n_head is not None
     n_head_kv = _uniform_int(reader, f"{arch}.attention.head_count_kv", p, required=False) or n_head
     n_embd = _uniform_int(reader, f"{arch}.embedding_length", p)
-    assert n_layer is not None and n_head is not None and n_embd is not None
+    assert n_embd is not None
     if n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
         raise ConvertError(f"{p}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
     default_dim = n_embd // n_head
@@ -128,7 +129,7 @@ def has_rlkv(reader: GGUFReader) -> bool:
 
 
 def stored_perm(reader: GGUFReader, info: ModelInfo, path: str | os.PathLike[str]) -> np.ndarray:
-    """rlkv.head_perm as an [L, H] int array (identity when absent); validated to be per-layer permutations."""
+    """rlkv.head_perm as an [L, H] int array (identity when absent), checked to permute each layer."""
     f = reader.get_field("rlkv.head_perm")
     shape = (info.n_layer, info.n_head_kv)
     if f is None:

@@ -101,7 +101,7 @@ class GGUFStreamWriter:
             struct.pack("<IIQQ", GGUF_MAGIC, GGUF_WRITE_VERSION, len(tensors), len(kv_records)),
             *kv_records,
         ]
-        head += [_tensor_info(t, o) for t, o in zip(tensors, self.offsets)]
+        head += [_tensor_info(t, o) for t, o in zip(tensors, self.offsets, strict=True)]
         blob = b"".join(head)
         f.write(blob + b"\0" * (_pad(len(blob), alignment) - len(blob)))
         self.data_start = _pad(len(blob), alignment)
@@ -129,7 +129,7 @@ class GGUFStreamWriter:
         """Write the next tensor's data from a numpy array."""
         t = self._begin(name)
         start = self.f.tell()
-        self.f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+        self.f.write(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
         self._end(t, start)
 
     def copy_from(self, name: str, src: BinaryIO, offset: int) -> None:

@@ -180,7 +180,8 @@ def _check_model_shape(heads: HeadScores, path: Path) -> None:
         n_head_kv is not None and n_head_kv != heads.n_head_kv
     ):
         raise HeadsFileError(
-            f"{path}: model says {n_layer} x {n_head_kv} heads but scores are {heads.n_layer} x {heads.n_head_kv}"
+            f"{path}: model says {n_layer} x {n_head_kv} heads "
+            f"but scores are {heads.n_layer} x {heads.n_head_kv}"
         )
 
 

@@ -1,0 +1,669 @@
+"""`rlkv-edge convert`: exact head re-ordering of GGUF tensors, rlkv.* metadata, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import typer
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader, GGUFValueType
+from gguf import quants as gq
+from rlkv_edge.convert import ConvertError, convert_gguf, default_output, read_rlkv_info
+from rlkv_edge.convert.cli import convert as convert_cmd
+from rlkv_edge.convert.cli import inspect_cmd
+from typer.testing import CliRunner
+
+from rlkv_edge.heads import HeadScores, save_heads
+
+# ---------------------------------------------------------------- tiny GGUFs written with gguf-py
+
+
+def _kquant_bytes(rng: np.random.Generator, rows: int, cols: int, qtype: T) -> np.ndarray:
+    """Random but valid K-quant blocks (finite scales) for a [rows, cols] weight."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    data = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    d = np.frombuffer(np.float16(0.002).tobytes(), dtype=np.uint8)
+    if qtype == T.Q4_K:  # d, dmin (f16) lead the block
+        data[..., 0:2] = d
+        data[..., 2:4] = d
+    elif qtype == T.Q6_K:  # d (f16) ends the block
+        data[..., size - 2 : size] = d
+    else:
+        raise ValueError(qtype)
+    return data.reshape(rows, cols // block * size)
+
+
+def _encode(rng: np.random.Generator, shape: tuple[int, ...], qtype: T) -> tuple[np.ndarray, T]:
+    """Random weights of the given numpy shape encoded as qtype (vectors stay F32)."""
+    a = rng.standard_normal(shape).astype(np.float32) * 0.2
+    if len(shape) == 1 or qtype == T.F32:
+        return a, T.F32
+    if qtype == T.F16:
+        return a.astype(np.float16), T.F16
+    if qtype in (T.Q4_K, T.Q6_K):
+        return _kquant_bytes(rng, shape[0], shape[1], qtype), qtype
+    return gq.quantize(a, qtype), qtype
+
+
+def make_gguf(
+    path: Path,
+    *,
+    arch: str = "llama",
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    head_dim: int = 16,
+    qtype: T = T.F32,
+    out_qtype: T | None = None,
+    bias: bool = False,
+    fused_qkv: bool = False,
+    qk_norm: bool = False,
+    head_count_kv: object = None,
+    seed: int = 0,
+) -> Path:
+    """A GGUF with the attention tensors convert touches plus a few it must copy (no tokenizer)."""
+    rng = np.random.default_rng(seed)
+    n_embd = n_head * head_dim
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny")
+    w.add_block_count(n_layer)
+    w.add_context_length(1024)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(2 * n_embd)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(head_count_kv if head_count_kv is not None else n_head_kv)  # type: ignore[arg-type]
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_array("tokenizer.ggml.tokens", ["<unk>", "<s>", "</s>", "a", "b"])
+    w.add_float32("test.some_float", 0.125)
+
+    def add(name: str, shape: tuple[int, ...], q: T | None = None) -> None:
+        data, t = _encode(rng, shape, q if q is not None else qtype)
+        w.add_tensor(name, data, raw_dtype=t if t not in (T.F32, T.F16) else None)
+
+    add("token_embd.weight", (8, n_embd))
+    kv = n_head_kv * head_dim
+    for i in range(n_layer):
+        add(f"blk.{i}.attn_norm.weight", (n_embd,))
+        if fused_qkv:
+            add(f"blk.{i}.attn_qkv.weight", (n_embd + 2 * kv, n_embd))
+            if bias:
+                add(f"blk.{i}.attn_qkv.bias", (n_embd + 2 * kv,))
+        else:
+            add(f"blk.{i}.attn_q.weight", (n_embd, n_embd))
+            add(f"blk.{i}.attn_k.weight", (kv, n_embd))
+            add(f"blk.{i}.attn_v.weight", (kv, n_embd))
+            if bias:
+                add(f"blk.{i}.attn_q.bias", (n_embd,))
+                add(f"blk.{i}.attn_k.bias", (kv,))
+                add(f"blk.{i}.attn_v.bias", (kv,))
+        if qk_norm:
+            add(f"blk.{i}.attn_q_norm.weight", (head_dim,))
+            add(f"blk.{i}.attn_k_norm.weight", (head_dim,))
+        add(f"blk.{i}.attn_output.weight", (n_embd, n_embd), out_qtype)
+        add(f"blk.{i}.ffn_norm.weight", (n_embd,))
+        add(f"blk.{i}.ffn_up.weight", (2 * n_embd, n_embd))
+    add("output_norm.weight", (n_embd,))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def random_heads(n_layer: int, n_head_kv: int, seed: int = 1, **kw: object) -> HeadScores:
+    """Random scores with a tie in layer 0 (ties must keep the original order)."""
+    scores = np.random.default_rng(seed).random((n_layer, n_head_kv)).astype(np.float32)
+    if n_head_kv >= 3:
+        scores[0, 1] = scores[0, 2] = 0.75
+    return HeadScores(scores=scores, sink_size=16, window_size=32, method="test", **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- helpers to undo and compare
+
+
+def _fields_raw(r: GGUFReader) -> dict[str, bytes]:
+    """Every metadata field's stored bytes, by key."""
+    return {k: b"".join(np.asarray(p).tobytes() for p in f.parts) for k, f in r.fields.items()}
+
+
+def _rows_back(a: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Undo a row-block permutation: stored block j came from original block perm[j]."""
+    out = np.empty_like(a.reshape(len(perm), -1))
+    out[perm] = a.reshape(len(perm), -1)
+    return out.reshape(a.shape)
+
+
+def _cols_back(a: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Undo a column-block permutation."""
+    v = a.reshape(a.shape[0], len(perm), -1)
+    out = np.empty_like(v)
+    out[:, perm] = v
+    return out.reshape(a.shape)
+
+
+def undo(name: str, data: np.ndarray, perm_l: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
+    """Put one converted tensor's heads back into the original order (independent re-implementation)."""
+    base = name.split(".")[2]
+    if base in ("attn_q", "attn_k", "attn_v"):
+        return _rows_back(data, perm_l)
+    if base == "attn_output" and name.endswith("weight"):
+        return _cols_back(data, perm_l)
+    if base == "attn_qkv":
+        g = n_head // n_head_kv
+        flat = data.reshape(data.shape[0], -1)
+        per = flat.shape[0] // (n_head_kv * (g + 2))
+        q, k, v = np.split(flat, [n_head_kv * g * per, n_head_kv * (g + 1) * per])
+        back = [_rows_back(q, perm_l), _rows_back(k, perm_l), _rows_back(v, perm_l)]
+        return np.concatenate(back).reshape(data.shape)
+    return data
+
+
+def assert_exact_reorder(src: Path, dst: Path) -> None:
+    """dst = src with heads re-ordered: undoing head_perm gives src's bytes back; other data identical."""
+    ra, rb = GGUFReader(src), GGUFReader(dst)
+    info = read_rlkv_info(dst)
+    perm = np.asarray(info["head_perm"])
+    stored = np.asarray(info["head_scores"], dtype=np.float32)
+    assert np.all(np.diff(stored, axis=1) <= 0), "scores must be non-increasing inside a layer"
+    fa, fb = _fields_raw(ra), _fields_raw(rb)
+    kept = {k: v for k, v in fb.items() if not k.startswith("rlkv.") and not k.startswith("GGUF.kv_count")}
+    assert kept == {k: v for k, v in fa.items() if not k.startswith("rlkv.") and k != "GGUF.kv_count"}
+    assert list(kept) == [k for k in fa if not k.startswith("rlkv.") and k != "GGUF.kv_count"]  # same order
+    assert [t.name for t in ra.tensors] == [t.name for t in rb.tensors]
+    for ta, tb in zip(ra.tensors, rb.tensors, strict=True):
+        assert ta.tensor_type == tb.tensor_type and list(ta.shape) == list(tb.shape), ta.name
+        layer = int(ta.name.split(".")[1]) if ta.name.startswith("blk.") else -1
+        data = np.asarray(tb.data)
+        if layer >= 0:
+            data = undo(ta.name, data, perm[layer], info["n_head"], info["n_head_kv"])
+        assert data.tobytes() == np.asarray(ta.data).tobytes(), ta.name
+
+
+# ---------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("qtype", [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_1])
+@pytest.mark.parametrize(
+    ("arch", "extra"),
+    [("llama", {}), ("qwen2", {"bias": True}), ("qwen3", {"qk_norm": True}), ("mistral", {})],
+)
+def test_reorder_is_exact(tmp_path: Path, arch: str, extra: dict[str, bool], qtype: T) -> None:
+    """Every head-dependent tensor is re-ordered by byte moves and undoes exactly; the rest is untouched."""
+    src = make_gguf(
+        tmp_path / "m.gguf", arch=arch, n_layer=3, n_head=6, n_head_kv=3, head_dim=32, qtype=qtype, **extra
+    )
+    heads = random_heads(3, 3)
+    report = convert_gguf(src, heads, tmp_path / "out.gguf", progress=False)
+    assert report.reencoded == [] and report.permuted_tensors
+    assert_exact_reorder(src, tmp_path / "out.gguf")
+
+
+def test_ties_keep_original_order(tmp_path: Path) -> None:
+    """Equal scores keep their original relative order (stable sort)."""
+    src = make_gguf(tmp_path / "m.gguf", n_layer=1, n_head=4, n_head_kv=4)
+    heads = HeadScores(scores=np.array([[0.5, 0.9, 0.5, 0.9]]))
+    convert_gguf(src, heads, tmp_path / "o.gguf", progress=False)
+    info = read_rlkv_info(tmp_path / "o.gguf")
+    assert info["head_perm"] == [[1, 3, 0, 2]]
+    assert info["head_scores"] == [[pytest.approx(0.9), pytest.approx(0.9), 0.5, 0.5]]
+
+
+def _attention(r: GGUFReader, layer: int, x: np.ndarray, n_head: int, n_head_kv: int, d: int) -> np.ndarray:
+    """Per-query-head outputs [n_head, T, d] of a causal GQA attention layer in float64, from F32 tensors."""
+    t = {tt.name: np.asarray(tt.data, dtype=np.float64) for tt in r.tensors}
+    p = f"blk.{layer}."
+    q = x @ t[p + "attn_q.weight"].T + t.get(p + "attn_q.bias", 0.0)
+    k = x @ t[p + "attn_k.weight"].T + t.get(p + "attn_k.bias", 0.0)
+    v = x @ t[p + "attn_v.weight"].T + t.get(p + "attn_v.bias", 0.0)
+    g, n = n_head // n_head_kv, x.shape[0]
+    q, k, v = (a.reshape(n, -1, d).transpose(1, 0, 2) for a in (q, k, v))
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    out = []
+    for h in range(n_head):
+        s = q[h] @ k[h // g].T / np.sqrt(d) + mask
+        w = np.exp(s - s.max(-1, keepdims=True))
+        out.append((w / w.sum(-1, keepdims=True)) @ v[h // g])
+    return np.stack(out)
+
+
+def test_attention_output_unchanged(tmp_path: Path) -> None:
+    """A numpy GQA attention forward from the converted F32 tensors equals the original's."""
+    n_head, n_kv, d = 6, 3, 16
+    src = make_gguf(
+        tmp_path / "m.gguf", arch="qwen2", n_layer=2, n_head=n_head, n_head_kv=n_kv, head_dim=d, bias=True
+    )
+    heads = random_heads(2, n_kv, seed=4)
+    convert_gguf(src, heads, tmp_path / "o.gguf", progress=False)
+    ra, rb = GGUFReader(src), GGUFReader(tmp_path / "o.gguf")
+    perm = np.asarray(read_rlkv_info(tmp_path / "o.gguf")["head_perm"])
+    x = np.random.default_rng(0).standard_normal((7, n_head * d))
+    g = n_head // n_kv
+    for layer in range(2):
+        ha, hb = _attention(ra, layer, x, n_head, n_kv, d), _attention(rb, layer, x, n_head, n_kv, d)
+        q_perm = (perm[layer][:, None] * g + np.arange(g)).ravel()
+        np.testing.assert_array_equal(hb, ha[q_perm])  # each query head moved with its KV head, bitwise
+        wo_a = np.asarray(
+            ra.tensors[[t.name for t in ra.tensors].index(f"blk.{layer}.attn_output.weight")].data
+        )
+        wo_b = np.asarray(
+            rb.tensors[[t.name for t in rb.tensors].index(f"blk.{layer}.attn_output.weight")].data
+        )
+        ya = ha.transpose(1, 0, 2).reshape(7, -1) @ wo_a.T.astype(np.float64)
+        yb = hb.transpose(1, 0, 2).reshape(7, -1) @ wo_b.T.astype(np.float64)
+        np.testing.assert_allclose(yb, ya, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_qkv_is_exact(tmp_path: Path) -> None:
+    """A fused attn_qkv (weight and bias) is re-ordered segment-wise."""
+    src = make_gguf(
+        tmp_path / "m.gguf",
+        n_layer=2,
+        n_head=8,
+        n_head_kv=4,
+        head_dim=32,
+        qtype=T.Q8_0,
+        fused_qkv=True,
+        bias=True,
+    )
+    report = convert_gguf(src, random_heads(2, 4), tmp_path / "o.gguf", progress=False)
+    assert any("attn_qkv" in n for n in report.permuted_tensors)
+    assert_exact_reorder(src, tmp_path / "o.gguf")
+
+
+def _dequant(r: GGUFReader, name: str) -> tuple[np.ndarray, T]:
+    """A tensor's float values and type."""
+    t = next(tt for tt in r.tensors if tt.name == name)
+    return gq.dequantize(np.asarray(t.data), t.tensor_type), T(t.tensor_type)
+
+
+@pytest.mark.parametrize(
+    ("kw", "old", "new"),
+    [
+        # g*D = 2*64 = 128: not a multiple of 256 (K-quant blocks) but of 32 -> Q8_0
+        ({"n_head": 8, "n_head_kv": 4, "head_dim": 64, "out_qtype": T.Q4_K}, T.Q4_K, T.Q8_0),
+        ({"n_head": 8, "n_head_kv": 4, "head_dim": 64, "out_qtype": T.Q6_K}, T.Q6_K, T.Q8_0),
+        # g*D = 3*16 = 48: not a multiple of 32 -> F16
+        ({"n_head": 6, "n_head_kv": 2, "head_dim": 16, "out_qtype": T.Q8_0}, T.Q8_0, T.F16),
+        ({"n_head": 6, "n_head_kv": 2, "head_dim": 16, "out_qtype": T.Q4_0}, T.Q4_0, T.F16),
+    ],
+)
+def test_reencode_when_columns_split_blocks(tmp_path: Path, kw: dict[str, object], old: T, new: T) -> None:
+    """attn_output whose column blocks split quant blocks is re-encoded, reported, and stays close."""
+    src = make_gguf(tmp_path / "m.gguf", n_layer=2, qtype=T.Q8_0, **kw)  # type: ignore[arg-type]
+    heads = HeadScores(scores=np.array([[0.1, 0.2, 0.3, 0.9][: kw["n_head_kv"]]] * 2))  # type: ignore[misc]
+    report = convert_gguf(src, heads, tmp_path / "o.gguf", progress=False)
+    names = sorted(r.name for r in report.reencoded)
+    assert names == ["blk.0.attn_output.weight", "blk.1.attn_output.weight"]
+    assert all((r.old_type, r.new_type) == (old.name, new.name) for r in report.reencoded)
+    assert "re-encoded blk.0.attn_output.weight" in report.summary()
+    ra, rb = GGUFReader(src), GGUFReader(tmp_path / "o.gguf")
+    perm = np.asarray(read_rlkv_info(tmp_path / "o.gguf")["head_perm"])
+    for layer in range(2):
+        a, ta = _dequant(ra, f"blk.{layer}.attn_output.weight")
+        b, tb = _dequant(rb, f"blk.{layer}.attn_output.weight")
+        assert (ta, tb) == (old, new)
+        b = _cols_back(b, perm[layer])
+        scale = np.abs(a).max()
+        tol = scale / 127 if new == T.Q8_0 else scale * 2**-10  # Q8_0 / F16 rounding error
+        np.testing.assert_allclose(b, a, rtol=0, atol=tol)
+    sizes = {t.name: (int(t.n_bytes), t.tensor_type) for t in rb.tensors}
+    assert all(sizes[r.name][0] == r.new_bytes for r in report.reencoded)
+    assert (
+        report.dst_bytes - report.src_bytes >= sum(r.new_bytes - r.old_bytes for r in report.reencoded) - 64
+    )
+
+
+def test_identity_order_copies_bytes(tmp_path: Path) -> None:
+    """When scores are already sorted no tensor changes and nothing is re-encoded."""
+    src = make_gguf(tmp_path / "m.gguf", n_head=6, n_head_kv=2, out_qtype=T.Q8_0)  # g*D=48 would need F16
+    report = convert_gguf(
+        src, HeadScores(scores=np.array([[0.9, 0.1], [0.5, 0.5]])), tmp_path / "o.gguf", progress=False
+    )
+    assert report.permuted_tensors == [] and report.reencoded == []
+    ra, rb = GGUFReader(src), GGUFReader(tmp_path / "o.gguf")
+    for ta, tb in zip(ra.tensors, rb.tensors, strict=True):
+        assert np.asarray(ta.data).tobytes() == np.asarray(tb.data).tobytes()
+
+
+# ---------------------------------------------------------------- metadata and re-conversion
+
+
+def test_rlkv_metadata(tmp_path: Path) -> None:
+    """rlkv.* keys have the contract's types and values; overrides of s, S, W are written."""
+    src = make_gguf(tmp_path / "m.gguf", n_layer=2, n_head=4, n_head_kv=2)
+    heads = HeadScores(scores=np.array([[0.2, 0.4], [1.5, 0.0]]), sink_size=8, window_size=24, method="rlkv")
+    convert_gguf(src, heads, tmp_path / "o.gguf", sparsity=0.25, window=48, progress=False)
+    r = GGUFReader(tmp_path / "o.gguf")
+    types = {k: (f.types[0], f.types[-1]) for k, f in r.fields.items() if k.startswith("rlkv.")}
+    assert types == {
+        "rlkv.version": (GGUFValueType.UINT32, GGUFValueType.UINT32),
+        "rlkv.head_scores": (GGUFValueType.ARRAY, GGUFValueType.FLOAT32),
+        "rlkv.head_perm": (GGUFValueType.ARRAY, GGUFValueType.UINT32),
+        "rlkv.sparsity": (GGUFValueType.FLOAT32, GGUFValueType.FLOAT32),
+        "rlkv.sink_size": (GGUFValueType.UINT32, GGUFValueType.UINT32),
+        "rlkv.window_size": (GGUFValueType.UINT32, GGUFValueType.UINT32),
+        "rlkv.source": (GGUFValueType.STRING, GGUFValueType.STRING),
+    }
+    get = lambda k: r.fields[k].contents()  # noqa: E731
+    assert get("rlkv.version") == 1
+    assert get("rlkv.head_scores") == [pytest.approx(0.4), pytest.approx(0.2), 1.0, 0.0]
+    assert get("rlkv.head_perm") == [1, 0, 0, 1]
+    assert get("rlkv.sparsity") == 0.25 and get("rlkv.sink_size") == 8 and get("rlkv.window_size") == 48
+    assert json.loads(get("rlkv.source"))["method"] == "rlkv"
+    assert r.fields["test.some_float"].contents() == 0.125 and r.fields["general.name"].contents() == "tiny"
+
+
+def test_already_converted_needs_force(tmp_path: Path) -> None:
+    """A converted file is refused without force; with force the result equals converting the original."""
+    src = make_gguf(
+        tmp_path / "m.gguf", n_layer=2, n_head=8, n_head_kv=4, head_dim=16, qtype=T.Q8_0, bias=True
+    )
+    first, second = random_heads(2, 4, seed=1), random_heads(2, 4, seed=2)
+    convert_gguf(src, first, tmp_path / "a.gguf", progress=False)
+    with pytest.raises(ConvertError, match="already converted"):
+        convert_gguf(tmp_path / "a.gguf", second, tmp_path / "b.gguf", progress=False)
+    report = convert_gguf(tmp_path / "a.gguf", second, tmp_path / "b.gguf", force=True, progress=False)
+    assert report.reconverted
+    convert_gguf(src, second, tmp_path / "c.gguf", progress=False)
+    rb, rc = GGUFReader(tmp_path / "b.gguf"), GGUFReader(tmp_path / "c.gguf")
+    for tb, tc in zip(rb.tensors, rc.tensors, strict=True):
+        assert np.asarray(tb.data).tobytes() == np.asarray(tc.data).tobytes(), tb.name
+    for key in ("rlkv.head_perm", "rlkv.head_scores", "rlkv.sparsity"):
+        assert rb.fields[key].contents() == rc.fields[key].contents()
+    assert_exact_reorder(src, tmp_path / "b.gguf")
+
+
+def test_tsv_heads_convert(tmp_path: Path) -> None:
+    """A DuoAttention-style TSV with config.json converts, taking S and W from the config."""
+    src = make_gguf(tmp_path / "m.gguf", n_layer=2, n_head=4, n_head_kv=2)
+    (tmp_path / "full_attention_heads.tsv").write_text("0.0\t1.0\n1.0\t0.0\n")
+    (tmp_path / "config.json").write_text(json.dumps({"sink_size": 4, "recent_size": 12}))
+    result = _run(["convert", str(src), "--mask", str(tmp_path / "full_attention_heads.tsv"), "-q"])
+    assert result.exit_code == 0, result.output
+    info = read_rlkv_info(default_output(src))
+    assert (info["sink_size"], info["window_size"]) == (4, 12)
+    assert info["head_perm"] == [[1, 0], [0, 1]]
+
+
+def test_head_count_kv_array(tmp_path: Path) -> None:
+    """A per-layer head_count_kv array is fine when uniform and refused otherwise."""
+    ok = make_gguf(tmp_path / "ok.gguf", n_layer=2, head_count_kv=[2, 2])
+    convert_gguf(ok, random_heads(2, 2), tmp_path / "o.gguf", progress=False)
+    assert_exact_reorder(ok, tmp_path / "o.gguf")
+    bad = make_gguf(tmp_path / "bad.gguf", n_layer=2, head_count_kv=[2, 1])
+    with pytest.raises(ConvertError, match="differs between layers"):
+        convert_gguf(bad, random_heads(2, 2), tmp_path / "o2.gguf", progress=False)
+
+
+def test_default_output_name(tmp_path: Path) -> None:
+    """<stem>.rlkv.gguf beside the input."""
+    assert default_output(tmp_path / "Model.Q4_K_M.gguf") == tmp_path / "Model.Q4_K_M.rlkv.gguf"
+    assert default_output(tmp_path / "m.rlkv.gguf") == tmp_path / "m.rlkv.gguf"
+
+
+# ---------------------------------------------------------------- CLI and bad input
+
+
+def _app() -> typer.Typer:
+    """The two commands on a Typer app of their own (the real app registers the same functions)."""
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command("convert")(convert_cmd)
+    app.command("inspect")(inspect_cmd)
+    return app
+
+
+def _run(args: list[str]) -> object:
+    """Invoke the CLI in-process."""
+    return CliRunner().invoke(_app(), args)
+
+
+def _sha(p: Path) -> str:
+    """sha256 of a file."""
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _heads_json(path: Path, scores: object) -> Path:
+    """A heads.json with arbitrary (possibly invalid) scores."""
+    path.write_text(json.dumps({"format": "rlkv-heads", "version": 1, "scores": scores}))
+    return path
+
+
+def test_cli_convert_ok(tmp_path: Path) -> None:
+    """Happy path through the CLI: summary on stdout, output beside the input, no temp files."""
+    src = make_gguf(tmp_path / "m.gguf")
+    save_heads(random_heads(2, 2), tmp_path / "heads.json")
+    result = _run(["convert", str(src), "--mask", str(tmp_path / "heads.json"), "--sparsity", "0.5"])
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert "wrote" in result.output  # type: ignore[attr-defined]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.json", "m.gguf", "m.rlkv.gguf"]
+
+
+def _gguf_with_arch(path: Path, arch: str) -> Path:
+    """A header-only GGUF claiming some architecture."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(2)
+    w.add_head_count(4)
+    w.add_embedding_length(64)
+    w.add_tensor("token_embd.weight", np.zeros((4, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _truncated(tmp: Path) -> Path:
+    """A GGUF cut in the middle of its tensor data."""
+    src = make_gguf(tmp / "full.gguf")
+    data = src.read_bytes()
+    out = tmp / "in.gguf"
+    out.write_bytes(data[: len(data) * 2 // 3])
+    src.unlink()
+    return out
+
+
+def _truncated_header(tmp: Path) -> Path:
+    """A GGUF cut inside its metadata."""
+    src = make_gguf(tmp / "full.gguf")
+    out = tmp / "in.gguf"
+    out.write_bytes(src.read_bytes()[:100])
+    src.unlink()
+    return out
+
+
+def _not_gguf(tmp: Path) -> Path:
+    """A text file."""
+    p = tmp / "in.gguf"
+    p.write_text("hello, I am not a model\n")
+    return p
+
+
+def _read_only_dir(tmp: Path) -> str:
+    """An output path in a directory that cannot be written."""
+    d = tmp / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    if os.access(d, os.W_OK):  # root ignores permissions: use a directory the kernel refuses
+        return "/proc/rlkv-test.gguf"
+    return str(d / "o.gguf")
+
+
+BadCase = Callable[[Path], tuple[list[str], str]]
+
+
+def _case_truncated(t: Path) -> tuple[list[str], str]:
+    return [str(_truncated(t))], "truncated"
+
+
+def _case_truncated_header(t: Path) -> tuple[list[str], str]:
+    return [str(_truncated_header(t))], "truncated"
+
+
+def _case_not_gguf(t: Path) -> tuple[list[str], str]:
+    return [str(_not_gguf(t))], "not a GGUF"
+
+
+def _case_missing(t: Path) -> tuple[list[str], str]:
+    return [str(t / "in.gguf")], "no such file"
+
+
+def _case_wrong_shape(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf", n_layer=2, n_head_kv=2)
+    _heads_json(t / "heads.json", [[0.5, 0.5, 0.5]] * 3)
+    return [str(t / "in.gguf")], "heads file is 3 x 3 (layers x KV heads) but in.gguf has 2 x 2"
+
+
+def _case_nan(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    _heads_json(t / "heads.json", [[float("nan"), 0.5]] * 2)
+    return [str(t / "in.gguf")], "finite"
+
+
+def _case_negative(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    _heads_json(t / "heads.json", [[-0.5, 0.5]] * 2)
+    return [str(t / "in.gguf")], "negative"
+
+
+def _case_sparsity_high(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    return [str(t / "in.gguf"), "--sparsity", "1.5"], "sparsity"
+
+
+def _case_sparsity_low(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    return [str(t / "in.gguf"), "--sparsity", "-0.1"], "sparsity"
+
+
+def _case_gpt2(t: Path) -> tuple[list[str], str]:
+    _gguf_with_arch(t / "in.gguf", "gpt2")
+    return [str(t / "in.gguf")], "unsupported architecture 'gpt2'"
+
+
+def _case_gemma3(t: Path) -> tuple[list[str], str]:
+    _gguf_with_arch(t / "in.gguf", "gemma3")
+    return [str(t / "in.gguf")], "unsupported architecture 'gemma3'"
+
+
+def _case_unwritable(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    return [str(t / "in.gguf"), "-o", _read_only_dir(t)], "cannot write"
+
+
+def _case_missing_dir(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    return [str(t / "in.gguf"), "-o", str(t / "nowhere" / "o.gguf")], "does not exist"
+
+
+def _case_same_path(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    return [str(t / "in.gguf"), "-o", str(t / "in.gguf")], "is the input file"
+
+
+def _case_same_via_symlink(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    (t / "link.gguf").symlink_to(t / "in.gguf")
+    return [str(t / "in.gguf"), "-o", str(t / "link.gguf")], "is the input file"
+
+
+def _case_bad_mask(t: Path) -> tuple[list[str], str]:
+    make_gguf(t / "in.gguf")
+    (t / "heads.json").write_text("[1, 2")
+    return [str(t / "in.gguf")], "not valid JSON"
+
+
+BAD_CASES: dict[str, BadCase] = {
+    "truncated": _case_truncated,
+    "truncated-header": _case_truncated_header,
+    "not-gguf": _case_not_gguf,
+    "missing": _case_missing,
+    "wrong-shape": _case_wrong_shape,
+    "nan": _case_nan,
+    "negative": _case_negative,
+    "sparsity>1": _case_sparsity_high,
+    "sparsity<0": _case_sparsity_low,
+    "gpt2": _case_gpt2,
+    "gemma3": _case_gemma3,
+    "unwritable": _case_unwritable,
+    "missing-dir": _case_missing_dir,
+    "same-path": _case_same_path,
+    "same-via-symlink": _case_same_via_symlink,
+    "bad-mask": _case_bad_mask,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_one_line_error(tmp_path: Path, case: str) -> None:
+    """Each bad input: one-line error on stderr, exit != 0, no traceback, no output, input unchanged."""
+    args, needle = BAD_CASES[case](tmp_path)
+    if not (tmp_path / "heads.json").exists():
+        save_heads(random_heads(2, 2), tmp_path / "heads.json")
+    before = {p.name: _sha(p) for p in tmp_path.iterdir() if p.is_file()}
+    result = CliRunner().invoke(
+        _app(), ["convert", *args[:1], "--mask", str(tmp_path / "heads.json"), *args[1:]]
+    )
+    stderr = result.stderr  # type: ignore[attr-defined]
+    assert result.exit_code not in (0, None) and result.exit_code == 2, (result.output, result.exception)  # type: ignore[attr-defined]
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)  # type: ignore[attr-defined]
+    assert stderr.startswith("rlkv-edge: error: ") and stderr.count("\n") == 1, stderr
+    assert needle in stderr and "Traceback" not in stderr
+    after = {p.name: _sha(p) for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # no output, no temp file, input unchanged
+    (tmp_path / "ro").exists() and (tmp_path / "ro").chmod(0o755)
+
+
+def test_bad_input_subprocess(tmp_path: Path) -> None:
+    """Through a real process: exit code 2, one stderr line, nothing on stdout."""
+    import subprocess
+    import sys
+
+    bad = _not_gguf(tmp_path)
+    save_heads(random_heads(2, 2), tmp_path / "heads.json")
+    code = (
+        "import typer, sys; from rlkv_edge.convert.cli import convert; "
+        "app = typer.Typer(pretty_exceptions_enable=False); app.command()(convert); app()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(bad), "--mask", str(tmp_path / "heads.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("rlkv-edge: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_interrupted_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure in the middle of writing removes the temp file and leaves no output."""
+    src = make_gguf(tmp_path / "m.gguf")
+    import rlkv_edge.convert.converter as conv
+
+    def boom(*_: object) -> np.ndarray:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conv, "_tensor_data", boom)
+    with pytest.raises(KeyboardInterrupt):
+        convert_gguf(src, random_heads(2, 2), tmp_path / "o.gguf", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def test_writer_layout_matches_gguf_py(tmp_path: Path) -> None:
+    """The output header parses with gguf-py and every tensor offset is aligned."""
+    src = make_gguf(tmp_path / "m.gguf", qtype=T.Q4_0)
+    convert_gguf(src, random_heads(2, 2), tmp_path / "o.gguf", progress=False)
+    r = GGUFReader(tmp_path / "o.gguf")
+    assert all(t.data_offset % r.alignment == 0 for t in r.tensors)
+    with open(tmp_path / "o.gguf", "rb") as f:
+        magic, version = struct.unpack("<4sI", f.read(8))
+    assert (magic, version) == (b"GGUF", 3)
+    assert os.path.getsize(tmp_path / "o.gguf") % r.alignment == 0
