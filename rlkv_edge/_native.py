@@ -1,0 +1,90 @@
+"""Where our llama.cpp libraries live, and making llama-cpp-python load them instead of its own."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+LIB_DIR = Path(__file__).resolve().parent / "lib"
+LLAMA_COMMIT = "0c1e57098"
+
+
+class NativeLibraryError(RuntimeError):
+    """The patched llama.cpp library is missing, or llama_cpp already loaded another one."""
+
+
+def library_file(lib_dir: Path = LIB_DIR) -> Path:
+    """Path of libllama in lib_dir (the name differs per platform)."""
+    for name in ("libllama.so", "libllama.dylib", "llama.dll"):
+        if (lib_dir / name).exists():
+            return lib_dir / name
+    raise NativeLibraryError(
+        f"rlkv-edge's llama.cpp library is not in {lib_dir}; reinstall rlkv-edge (make install)"
+    )
+
+
+def ensure_llama_cpp_lib_path() -> None:
+    """Point LLAMA_CPP_LIB_PATH at our libraries before llama_cpp loads; refuse a foreign one."""
+    loaded = sys.modules.get("llama_cpp.llama_cpp")
+    if loaded is not None:
+        lib_path = Path(getattr(loaded, "_base_path", "")).resolve()
+        if lib_path != LIB_DIR:
+            raise NativeLibraryError(
+                f"llama_cpp was imported before rlkv_edge and loaded its library from {lib_path}; "
+                "import rlkv_edge first so that llama_cpp loads rlkv-edge's patched build"
+            )
+        return
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(LIB_DIR)
+
+
+def llama_lib() -> ctypes.CDLL:
+    """The libllama that llama_cpp loaded (ours), with the llama_rlkv_* functions."""
+    import llama_cpp.llama_cpp as bindings
+
+    lib: ctypes.CDLL = bindings._lib
+    return lib
+
+
+def rlkv_version() -> str:
+    """llama_rlkv_version() of the loaded library: proves it is rlkv-edge's build."""
+    lib = llama_lib()
+    try:
+        fn = lib.llama_rlkv_version
+    except AttributeError as e:
+        raise NativeLibraryError(f"{lib._name} is not rlkv-edge's build (no llama_rlkv_version)") from e
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = []
+    return str(fn().decode())
+
+
+def build_info() -> dict[str, Any]:
+    """Facts recorded by the CMake build (llama.cpp commit, libraries)."""
+    path = LIB_DIR / "build-info.json"
+    if not path.exists():
+        return {}
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def backend_names() -> list[str]:
+    """Names of the ggml backends compiled into the loaded build (CPU, CUDA, Metal, ...)."""
+    llama_lib()  # make sure libggml is loaded (as a dependency of libllama)
+    ggml = ctypes.CDLL(str(library_file().with_name(library_file().name.replace("llama", "ggml"))))
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    count = ggml.ggml_backend_reg_count()
+    return [ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode() for i in range(count)]
+
+
+def system_info() -> str:
+    """llama.cpp's own summary of CPU features and backends (llama_print_system_info)."""
+    import llama_cpp.llama_cpp as bindings
+
+    return str(bindings.llama_print_system_info().decode()).strip()
