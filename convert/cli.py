@@ -31,16 +31,16 @@ def convert(
         Path, typer.Option("--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv.")
     ],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output GGUF [default: <stem>.rlkv.gguf].")
+        Path | None, typer.Option("--output", "-o", help="Output GGUF (default: <stem>.rlkv.gguf).")
     ] = None,
     sparsity: Annotated[
-        float | None, typer.Option("--sparsity", "-s", help="Default sparsity s in [0, 1] [default: 0.5].")
+        float | None, typer.Option("--sparsity", "-s", help="Default sparsity s in [0, 1] (default: 0.5).")
     ] = None,
     sink: Annotated[
-        int | None, typer.Option("--sink", help="Sink tokens S [default: the heads file's].")
+        int | None, typer.Option("--sink", help="Sink tokens S (default: the heads file's).")
     ] = None,
     window: Annotated[
-        int | None, typer.Option("--window", help="Window tokens W [default: the heads file's].")
+        int | None, typer.Option("--window", help="Window tokens W (default: the heads file's).")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Re-convert a file that already has rlkv.* keys.")
@@ -74,11 +74,11 @@ def convert(
 def inspect_cmd(
     model: Annotated[Path, typer.Argument(help="A GGUF, converted or not.", show_default=False)],
     sparsity: Annotated[
-        float | None, typer.Option("--sparsity", "-s", help="Sparsity s [default: the file's rlkv.sparsity].")
+        float | None, typer.Option("--sparsity", "-s", help="Sparsity s (default: the file's rlkv.sparsity).")
     ] = None,
     ctx: Annotated[
         int | None,
-        typer.Option("--ctx", "-c", help="Context N of the memory estimate [default: the model's]."),
+        typer.Option("--ctx", "-c", help="Context N of the memory estimate (default: the model's)."),
     ] = None,
     type_k: Annotated[str, typer.Option("--cache-type-k", help="KV cache type of K.")] = "f16",
     type_v: Annotated[str, typer.Option("--cache-type-v", help="KV cache type of V.")] = "f16",
