@@ -69,6 +69,10 @@ from rlkv_edge.convert.cli import convert, inspect_cmd  # noqa: E402
 app.command("convert")(convert)
 app.command("inspect")(inspect_cmd)
 
+from rlkv_edge.train.cli import train  # noqa: E402  (imports torch only when the command runs)
+
+app.command("train")(train)
+
 
 def main() -> None:
     """Entry point of the `rlkv-edge` script."""

@@ -1,22 +1,36 @@
 """rlkv_edge.train: gated mixed attention, fused Triton kernel and the GRPO trainer that learns head scores.
 
-Needs the ``train`` extra (torch, transformers, trl). Importing this package registers the ``rlkv``
-attention implementation with transformers.
+Needs the ``train`` extra (torch, transformers, trl). Submodules import torch; this package itself does
+not, so ``rlkv_edge.train.cli`` can be registered with the core CLI on machines without torch. The
+``rlkv`` attention implementation is registered with transformers when ``rlkv_edge.train.attention`` is
+imported (and again by ``install_gates``).
 """
 
 from __future__ import annotations
 
-from rlkv_edge.train.attention import ATTN_NAME, reference_mixed_attention, register
-from rlkv_edge.train.gates import clamp_gates, get_gates, install_gates, load_gates, save_gates, set_gates
+import importlib
+from typing import Any
 
-__all__ = [
-    "ATTN_NAME",
-    "clamp_gates",
-    "get_gates",
-    "install_gates",
-    "load_gates",
-    "reference_mixed_attention",
-    "register",
-    "save_gates",
-    "set_gates",
-]
+_LAZY = {
+    "ATTN_NAME": "attention",
+    "reference_mixed_attention": "attention",
+    "register": "attention",
+    "clamp_gates": "gates",
+    "get_gates": "gates",
+    "install_gates": "gates",
+    "load_gates": "gates",
+    "save_gates": "gates",
+    "set_gates": "gates",
+    "TrainConfig": "config",
+    "train_heads": "trainer",
+    "RLKVGRPOTrainer": "trainer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names lazily (they need torch)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"rlkv_edge.train.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'rlkv_edge.train' has no attribute {name!r}")

@@ -1,0 +1,133 @@
+"""`rlkv-edge train`: learn per-head scores with GRPO (imports torch only when it runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from rlkv_edge.train.config import TrainConfig
+
+console = Console()
+_D = TrainConfig(model="")
+
+
+def _status_table(row: dict[str, Any], total: int, started: float) -> Table:
+    """One-row Rich table of the training state."""
+    t = Table(title="rlkv-edge train", expand=False)
+    for col in ("step", "mean reward", "mean gate", "heads α<0.5", "penalty β′", "elapsed"):
+        t.add_column(col, justify="right")
+
+    def f(key: str, fmt: str) -> str:
+        v = row.get(key)
+        return format(v, fmt) if isinstance(v, int | float) else "-"
+
+    t.add_row(
+        f"{row.get('step', 0)}/{total}", f("reward", ".3f"), f("rlkv/mean_gate", ".4f"),
+        f("rlkv/heads_below_half", ".0f"), f("rlkv/penalty_weight", ".2e"), f"{time.time() - started:.0f}s",
+    )  # fmt: skip
+    return t
+
+
+def _display_callback(total: int) -> Any:
+    """A TrainerCallback showing a live Rich table on the main process."""
+    from transformers import TrainerCallback
+
+    class RichDisplay(TrainerCallback):  # type: ignore[misc]
+        """Live step / reward / gate display."""
+
+        def __init__(self) -> None:
+            self.live: Live | None = None
+            self.started = time.time()
+            self.last: dict[str, Any] = {}
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                self.live = Live(_status_table({"step": state.global_step}, total, self.started), console=console)
+                self.live.start()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if self.live is not None and logs and "reward" in logs:
+                self.last = {**logs, "step": state.global_step}
+                self.live.update(_status_table(self.last, total, self.started))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.live is not None:
+                self.live.stop()
+                self.live = None
+
+    return RichDisplay()
+
+
+def _summary(heads: Any, cfg: TrainConfig) -> None:
+    """Print the learned gates per layer and where heads.json went."""
+    scores = heads.scores
+    t = Table(title=f"learned gates ({heads.method}, S={cfg.sink}, W={cfg.window})")
+    t.add_column("layer", justify="right")
+    t.add_column("α per KV head")
+    for i, row in enumerate(scores):
+        t.add_row(str(i), " ".join(f"[{'green' if v >= 0.5 else 'red'}]{v:.3f}[/]" for v in row))
+    console.print(t)
+    n_low = int((scores < 0.5).sum())
+    console.print(
+        f"{n_low}/{scores.size} heads with α < 0.5, mean α {scores.mean():.4f}; wrote [bold]{cfg.out}[/bold]"
+    )
+
+
+def train(
+    model: str = typer.Argument(..., help="HF model directory or name, or a .gguf file."),
+    dataset: str = typer.Option(_D.dataset, help="reasoning-gym:NAME, a .jsonl/.parquet file, or an HF dataset."),
+    out: str = typer.Option(_D.out, help="Where to write heads.json."),
+    output_dir: str = typer.Option(_D.output_dir, help="Checkpoint directory (gate-only checkpoints)."),
+    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL (a directory or hub name)."),
+    tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of MODEL's."),
+    steps: int = typer.Option(_D.steps, help="Optimizer steps."),
+    group_size: int = typer.Option(_D.group_size, help="Completions per prompt (GRPO group)."),
+    prompts_per_step: int = typer.Option(_D.prompts_per_step, help="Prompts per optimizer step."),
+    micro_batch_size: int = typer.Option(_D.micro_batch_size, help="Completions per forward/backward pass."),
+    lr: float = typer.Option(_D.lr, help="Learning rate (constant AdamW on the gates)."),
+    beta: float = typer.Option(_D.beta, help="L1 penalty β."),
+    tau: float = typer.Option(_D.tau, help="Reward threshold τ above which the penalty applies."),
+    sink: int = typer.Option(_D.sink, help="Sink tokens S of local heads during training."),
+    window: int = typer.Option(_D.window, help="Recent window W of local heads during training."),
+    max_completion_tokens: int = typer.Option(_D.max_completion_tokens, help="Max tokens per completion."),
+    temperature: float = typer.Option(_D.temperature, help="Sampling temperature."),
+    seed: int = typer.Option(_D.seed, help="Random seed."),
+    resume: str | None = typer.Option(None, help="Checkpoint directory to resume from, or 'latest'."),
+    save_steps: int = typer.Option(_D.save_steps, help="Save a gate checkpoint every N steps."),
+    n_problems: int | None = typer.Option(None, help="Number of problems to load (default: all / 1000 generated)."),
+    reward: str = typer.Option(_D.reward, help="math | exact | module:function."),
+    self_distill: bool = typer.Option(False, help="Keep only problems the unmodified model solves greedily."),
+    buckets: str = typer.Option(_D.buckets, help="Self-distillation buckets 'lo-hi:count,...' (solution tokens)."),
+    backend: str = typer.Option(_D.backend, help="Attention kernel: auto | reference | triton."),
+    dtype: str = typer.Option(_D.dtype, help="auto | bfloat16 | float16 | float32."),
+    chat: bool | None = typer.Option(None, help="Use the chat template (default: when the tokenizer has one)."),
+) -> None:
+    """Learn per-head scores with GRPO (RLKV) and write heads.json."""
+    missing = [m for m in ("torch", "transformers", "trl") if importlib.util.find_spec(m) is None]
+    if missing:
+        console.print(f"[red]train needs {', '.join(missing)}:[/red] pip install 'rlkv-edge[train]'")
+        raise typer.Exit(2)
+    try:
+        cfg = TrainConfig(
+            model=model, dataset=dataset, out=out, output_dir=output_dir, gguf_file=gguf_file, tokenizer=tokenizer,
+            steps=steps, group_size=group_size, prompts_per_step=prompts_per_step, micro_batch_size=micro_batch_size,
+            lr=lr, beta=beta, tau=tau, sink=sink, window=window, max_completion_tokens=max_completion_tokens,
+            temperature=temperature, seed=seed, resume=resume, save_steps=save_steps, n_problems=n_problems,
+            reward=reward, self_distill=self_distill, buckets=buckets, backend=backend, dtype=dtype, chat=chat,
+        )  # fmt: skip
+        cfg.grad_accum_steps()
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+    from rlkv_edge.train.trainer import train_heads
+
+    trainer, heads = train_heads(cfg, callbacks=[_display_callback(cfg.steps)])
+    if trainer.accelerator.is_main_process:
+        _summary(heads, cfg)
