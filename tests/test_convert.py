@@ -667,3 +667,67 @@ def test_writer_layout_matches_gguf_py(tmp_path: Path) -> None:
         magic, version = struct.unpack("<4sI", f.read(8))
     assert (magic, version) == (b"GGUF", 3)
     assert os.path.getsize(tmp_path / "o.gguf") % r.alignment == 0
+
+
+# ---------------------------------------------------------------- through the runtime (llama.cpp)
+
+_LOGITS_SCRIPT = """
+import json, sys
+import numpy as np
+import rlkv_edge
+from llama_cpp import Llama
+path, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+m = Llama(model_path=path, n_ctx=512, logits_all=True, verbose=False, n_threads=2, seed=0,
+          type_k=0, type_v=0, kv_overrides=overrides or None)  # F32 KV cache: no F16 re-rounding
+toks = m.tokenize(b"The quick brown fox jumps over the lazy dog. Once upon a time " * 3)
+m.eval(toks)
+np.save(out, np.array(m.scores[: len(toks)], dtype=np.float32))
+"""
+
+
+def _runtime_logits(path: Path, out: Path, overrides: dict[str, object] | None = None) -> np.ndarray | int:
+    """Logits of a prompt through llama-cpp-python on our library, in a subprocess (a crash is an rc)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOGITS_SCRIPT, str(path), str(out), json.dumps(overrides or {})],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        return proc.returncode
+    return np.load(out)
+
+
+def _needs_runtime() -> None:
+    """Skip when llama_cpp or our native library is not installed."""
+    pytest.importorskip("llama_cpp")
+    from rlkv_edge import _native
+
+    try:
+        _native.library_file()
+    except _native.NativeLibraryError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2", "tiny_llama_q8", "tiny_qwen2_q8", "smollm2"])
+def test_runtime_logits_unchanged(tmp_path: Path, fixture: str, request: pytest.FixtureRequest) -> None:
+    """Original vs converted (run at s = 0) give the same logits up to float summation order."""
+    _needs_runtime()
+    model = request.getfixturevalue(fixture)
+    src = Path(getattr(model, "path", model))
+    info = read_rlkv_info(src)
+    heads = random_heads(info["n_layer"], info["n_head_kv"], seed=5)
+    dst = tmp_path / "conv.gguf"
+    convert_gguf(src, heads, dst, progress=False)
+    base = _runtime_logits(src, tmp_path / "a.npy")
+    if isinstance(base, int):
+        pytest.skip(f"the runtime cannot run the ORIGINAL {src.name} (exit {base}): a native problem")
+    at_s0 = _runtime_logits(dst, tmp_path / "b.npy", {"rlkv.sparsity": 0.0})
+    assert not isinstance(at_s0, int), f"runtime failed on the converted file (exit {at_s0})"
+    # Re-ordering changes only the summation order inside attn_output's dot products: float noise.
+    rel = float(np.abs(at_s0 - base).max() / np.abs(base).max())
+    assert rel <= 1e-5, rel
+    assert (at_s0.argmax(-1) == base.argmax(-1)).all()
