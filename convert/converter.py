@@ -251,6 +251,11 @@ def convert_gguf(
     src_p = Path(src)
     reader = open_gguf(src_p)
     info = model_info(reader, src_p)
+    n_split = reader.get_field("split.count")
+    if n_split is not None and int(n_split.contents()) > 1:
+        raise ConvertError(
+            f"{src_p.name} is one shard of a split GGUF; merge it first (llama-gguf-split --merge)"
+        )
     dst_p = Path(dst) if dst is not None else default_output(src_p)
     s = DEFAULT_SPARSITY if sparsity is None else float(sparsity)
     sink_n = heads.sink_size if sink is None else int(sink)

@@ -405,6 +405,31 @@ def test_head_count_kv_array(tmp_path: Path) -> None:
         convert_gguf(bad, random_heads(2, 2), tmp_path / "o2.gguf", progress=False)
 
 
+def test_split_gguf_refused(tmp_path: Path) -> None:
+    """One shard of a split GGUF is refused (its tensors are spread over several files)."""
+    src = make_gguf(tmp_path / "m-00001-of-00002.gguf")
+    r = GGUFReader(src)
+    kv = [
+        b"".join(np.asarray(p).tobytes() for p in f.parts)
+        for k, f in r.fields.items()
+        if not k.startswith("GGUF.")
+    ]
+    from rlkv_edge.convert.writer import GGUFStreamWriter, TensorEntry, encode_kv
+
+    kv.append(encode_kv("split.count", 2, GGUFValueType.UINT32))
+    entries = [
+        TensorEntry(t.name, tuple(int(d) for d in t.shape), T(t.tensor_type), int(t.n_bytes))
+        for t in r.tensors
+    ]
+    with open(tmp_path / "split.gguf", "wb") as f:
+        w = GGUFStreamWriter(f, kv, entries, int(r.alignment))
+        for t in r.tensors:
+            w.write_array(t.name, np.asarray(t.data))
+        w.finish()
+    with pytest.raises(ConvertError, match="split GGUF"):
+        convert_gguf(tmp_path / "split.gguf", random_heads(2, 2), tmp_path / "o.gguf", progress=False)
+
+
 def test_default_output_name(tmp_path: Path) -> None:
     """<stem>.rlkv.gguf beside the input."""
     assert default_output(tmp_path / "Model.Q4_K_M.gguf") == tmp_path / "Model.Q4_K_M.rlkv.gguf"
