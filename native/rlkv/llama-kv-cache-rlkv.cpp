@@ -55,9 +55,8 @@ llama_kv_cache_rlkv::llama_kv_cache_rlkv(
     const uint64_t ring = ((uint64_t) n_sink + n_window)*(unified ? n_seq_max : 1) + n_ubatch;
     uint32_t size_local = (uint32_t) std::min<uint64_t>(kv_size, ring);
     size_local = GGML_PAD(size_local, 256);
-    if (swa_full) {
-        size_local = kv_size;
-    }
+    // note: swa_full (on by default in llama_context_default_params) is ignored: the ring is the point of rlkv
+    GGML_UNUSED(swa_full);
     // the ring never needs more cells than the full context
     size_local = std::min(size_local, kv_size);
 
