@@ -1,0 +1,124 @@
+"""Forward + backward time of the training attention: fused Triton kernel vs two-SDPA reference vs causal SDPA.
+
+    python bench/train_attention.py                       # GPU: 2k, 8k, 16k tokens, bf16, Llama-3-8B-like heads
+    python bench/train_attention.py --lengths 256 --smoke # CPU smoke run (reference and SDPA only)
+
+Target (issue 5, H100/H200): fused ≤ 1.15× SDPA flash, ≥ 2× faster than the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from rlkv_edge.train.attention import causal_mask, reference_mixed_attention
+
+
+def timed(fn: Callable[[], None], warmup: int, iters: int, device: str) -> float:
+    """Median milliseconds of fn() (CUDA events on a GPU, perf_counter on a CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_length(args: argparse.Namespace, t: int) -> dict[str, float | int | str]:
+    """Time the three implementations at one sequence length."""
+    dev, dtype = args.device, getattr(torch, args.dtype)
+    b, h, hk, d = args.batch, args.heads, args.kv_heads, args.head_dim
+    q = torch.randn(b, h, t, d, device=dev, dtype=dtype, requires_grad=True)
+    k = torch.randn(b, hk, t, d, device=dev, dtype=dtype, requires_grad=True)
+    v = torch.randn(b, hk, t, d, device=dev, dtype=dtype, requires_grad=True)
+    alpha = torch.full((hk,), 0.5, device=dev, requires_grad=True)
+    do = torch.randn(b, h, t, d, device=dev, dtype=dtype)
+    mask = causal_mask(t, t, dev)
+    pos = torch.arange(t, device=dev, dtype=torch.int32).expand(b, t).contiguous()
+
+    def run(out_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            q.grad = k.grad = v.grad = alpha.grad = None
+            out_fn().backward(do)
+
+        return step
+
+    def sdpa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    def reference() -> torch.Tensor:
+        return reference_mixed_attention(q, k, v, alpha, mask, args.sink, args.window)
+
+    row: dict[str, float | int | str] = {"tokens": t}
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION]) if dev == "cuda" else _null():
+        row["sdpa_ms"] = timed(run(sdpa), args.warmup, args.iters, dev)
+    row["reference_ms"] = timed(run(reference), args.warmup, args.iters, dev)
+    if not args.smoke:
+        from rlkv_edge.train.triton_kernel import fused_mixed_attention
+
+        def fused() -> torch.Tensor:
+            return fused_mixed_attention(q, k, v, alpha, pos, pos, args.sink, args.window)
+
+        row["fused_ms"] = timed(run(fused), args.warmup, args.iters, dev)
+        row["fused_over_sdpa"] = round(float(row["fused_ms"]) / float(row["sdpa_ms"]), 3)
+        row["reference_over_fused"] = round(float(row["reference_ms"]) / float(row["fused_ms"]), 3)
+    return row
+
+
+class _null:
+    """A do-nothing context manager."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def main() -> None:
+    """Parse arguments, run every length, print a table and JSON lines."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 16384])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--sink", type=int, default=128)
+    p.add_argument("--window", type=int, default=256)
+    p.add_argument("--dtype", default=None, help="bfloat16 on a GPU, float32 on a CPU")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--smoke", action="store_true", help="skip the Triton kernel (CPU smoke run)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.device != "cuda" and not args.smoke:
+        p.error("the fused kernel needs a GPU; pass --smoke on a CPU")
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print(f"# device {name}, B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim} {args.dtype}")
+    for t in args.lengths:
+        row = bench_length(args, t)
+        print(json.dumps({"device": name, **row}))
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
