@@ -15,7 +15,7 @@ import numpy as np
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 WORDS = ["▁the", "▁a", "▁is", "▁of", "▁and", "▁to", "▁in", "▁cat", "▁dog", "▁sat", "▁on", "▁mat"]
-WORDS += [f"▁{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+WORDS += [f"▁{c}" for c in "bcdefghijklmnopqrstuvwxyz0123456789"]  # "▁a" is already a word
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +34,12 @@ def test_llama_cpp_loads_our_library() -> None:
 
 
 def test_importing_llama_cpp_first_is_refused(tmp_path: Path) -> None:
+    # A second copy of the library stands for "another llama.cpp" that llama_cpp loads on its own.
+    foreign = tmp_path / "foreign-lib"
+    shutil.copytree(_native.LIB_DIR, foreign)
+    env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(foreign)}
     code = "import llama_cpp\nimport rlkv_edge\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode != 0
     assert "import rlkv_edge first" in proc.stderr
 
@@ -53,10 +59,10 @@ def test_smollm2_generates(smollm2: Path) -> None:
     assert "Paris" in text
 
 
-def test_doctor_names_our_library() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "rlkv_edge.cli", "doctor"], capture_output=True, text=True, check=True
-    )
-    assert str(_native.LIB_DIR) in proc.stdout.replace("\n", "").replace(" ", "") or "rlkv_edge/lib" in proc.stdout
+def test_doctor_names_our_library(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "rlkv-edge"
+    env = {**os.environ, "COLUMNS": "400"}
+    proc = subprocess.run([script, "doctor"], capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
+    assert str(_native.library_file()) in proc.stdout
     assert "0c1e57098" in proc.stdout
     assert "CPU" in proc.stdout
