@@ -1,0 +1,227 @@
+"""llama-cpp-python glue for the per-head KV runtime: load a model with rlkv overrides, read back what
+the patched llama.cpp decided (F_l per layer) and how many bytes each KV cache holds."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rlkv_edge  # noqa: F401  (sets LLAMA_CPP_LIB_PATH before llama_cpp loads)
+from rlkv_edge._native import llama_lib
+
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+
+
+class RuntimeLoadError(RuntimeError):
+    """A model could not be loaded; the message says why in one line."""
+
+
+class _ModelInfo(ctypes.Structure):
+    _fields_ = [
+        ("enabled", ctypes.c_int32),
+        ("n_layer", ctypes.c_int32),
+        ("n_head", ctypes.c_int32),
+        ("n_head_kv", ctypes.c_int32),
+        ("sink_size", ctypes.c_int32),
+        ("window_size", ctypes.c_int32),
+        ("sparsity", ctypes.c_float),
+        ("n_full_total", ctypes.c_int32),
+    ]
+
+
+@dataclass
+class RlkvInfo:
+    """What the runtime derived from a model's rlkv.* metadata (after overrides)."""
+
+    enabled: bool
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    sink_size: int
+    window_size: int
+    sparsity: float
+    n_full_per_layer: list[int] = field(default_factory=list)
+
+    @property
+    def n_full_total(self) -> int:
+        """Number of full KV heads over all layers."""
+        return sum(self.n_full_per_layer)
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the llama_rlkv_* signatures of native/rlkv/llama-rlkv.h (once per library)."""
+    if getattr(lib, "_rlkv_bound", False):
+        return lib
+    lib.llama_rlkv_info.restype = ctypes.c_int32
+    lib.llama_rlkv_info.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(_ModelInfo),
+        ctypes.POINTER(ctypes.c_int32),
+        ctypes.c_int32,
+    ]
+    lib.llama_rlkv_kv_bytes.restype = ctypes.c_bool
+    lib.llama_rlkv_kv_bytes.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint64),
+        ctypes.POINTER(ctypes.c_uint64),
+    ]
+    lib.llama_rlkv_kv_cells.restype = ctypes.c_bool
+    lib.llama_rlkv_kv_cells.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.POINTER(ctypes.c_uint32),
+    ]
+    lib.llama_rlkv_n_full_heads.restype = ctypes.c_int32
+    lib.llama_rlkv_n_full_heads.argtypes = [
+        ctypes.c_float,
+        ctypes.POINTER(ctypes.c_float),
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.POINTER(ctypes.c_int32),
+        ctypes.POINTER(ctypes.c_int8),
+    ]
+    lib._rlkv_bound = True  # type: ignore[attr-defined]
+    return lib
+
+
+def native() -> ctypes.CDLL:
+    """The loaded libllama with the llama_rlkv_* functions declared."""
+    return _bind(llama_lib())
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Any:
+    """Redirect the C library's stderr (fd 2) into a file while loading, to report its last error."""
+    saved = os.dup(2)
+    with open(path, "wb") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _load_error(log: str, path: Path) -> str:
+    """The most telling line of llama.cpp's log for a failed load."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for key in ("rlkv", "error loading model:", "failed to", "error"):
+        for ln in reversed(lines):
+            if key in ln:
+                return ln.split("error loading model:")[-1].strip()
+    return f"llama.cpp could not load {path}"
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    n_ctx: int,
+    sparsity: float | None = None,
+    sink: int | None = None,
+    window: int | None = None,
+    n_gpu_layers: int = 0,
+    type_k: str | int | None = None,
+    type_v: str | int | None = None,
+    flash_attn: bool | None = None,
+    **llama_kwargs: Any,
+) -> Any:
+    """Load a GGUF with the per-head KV runtime; sparsity/sink/window override the file's rlkv.* keys.
+
+    flash_attn=None turns flash attention on (llama.cpp's own default where supported; without it the
+    transposed V cache is padded to the widest layer and most V savings are lost).
+    """
+    import llama_cpp
+
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeLoadError(f"model file not found: {path}")
+    if sparsity is not None and not 0.0 <= sparsity <= 1.0:
+        raise RuntimeLoadError(f"sparsity must be in [0, 1], got {sparsity}")
+    for name, value in (("sink", sink), ("window", window)):
+        if value is not None and value < 0:
+            raise RuntimeLoadError(f"{name} must be >= 0, got {value}")
+    overrides: dict[str, bool | int | float | str] = dict(llama_kwargs.pop("kv_overrides", None) or {})
+    if sparsity is not None:
+        overrides["rlkv.sparsity"] = float(sparsity)
+    if sink is not None:
+        overrides["rlkv.sink_size"] = int(sink)
+    if window is not None:
+        overrides["rlkv.window_size"] = int(window)
+    kwargs: dict[str, Any] = {"n_threads": min(os.cpu_count() or 1, 8), "verbose": False, **llama_kwargs}
+    kwargs["type_k"] = KV_TYPES[type_k.lower()] if isinstance(type_k, str) else type_k
+    kwargs["type_v"] = KV_TYPES[type_v.lower()] if isinstance(type_v, str) else type_v
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log_file = Path(tmp) / "load.log"
+        try:
+            with _stderr_to(log_file):
+                llm = llama_cpp.Llama(
+                    str(path),
+                    n_ctx=n_ctx,
+                    n_gpu_layers=n_gpu_layers,
+                    flash_attn=True if flash_attn is None else flash_attn,
+                    kv_overrides=overrides or None,
+                    **kwargs,
+                )
+        except (ValueError, RuntimeError) as e:
+            raise RuntimeLoadError(_load_error(log_file.read_text(errors="replace"), path)) from e
+    if (sparsity is not None or sink is not None or window is not None) and not info(llm).enabled:
+        llm.close()
+        raise RuntimeLoadError(f"{path} has no rlkv metadata; run `rlkv-edge convert` on it first")
+    return llm
+
+
+def info(llm: Any) -> RlkvInfo:
+    """The rlkv settings the runtime uses for a loaded model (F_l per layer, S, W, s)."""
+    lib = native()
+    out = _ModelInfo()
+    n_layer = lib.llama_rlkv_info(llm._model.model, ctypes.byref(out), None, 0)
+    per_layer = (ctypes.c_int32 * max(n_layer, 1))()
+    lib.llama_rlkv_info(llm._model.model, ctypes.byref(out), per_layer, n_layer)
+    return RlkvInfo(
+        enabled=bool(out.enabled),
+        n_layer=out.n_layer,
+        n_head=out.n_head,
+        n_head_kv=out.n_head_kv,
+        sink_size=out.sink_size,
+        window_size=out.window_size,
+        sparsity=float(out.sparsity),
+        n_full_per_layer=list(per_layer[:n_layer]),
+    )
+
+
+def kv_bytes(llm: Any) -> tuple[int, int]:
+    """Bytes of the full and of the local (sink + window) KV cache of a loaded model's context."""
+    full, local = ctypes.c_uint64(0), ctypes.c_uint64(0)
+    if not native().llama_rlkv_kv_bytes(llm._ctx.ctx, ctypes.byref(full), ctypes.byref(local)):
+        raise RuntimeLoadError("this context has no KV cache")
+    return int(full.value), int(local.value)
+
+
+def kv_cells(llm: Any) -> tuple[int, int]:
+    """Cells of the full and of the local KV cache (0 for a cache that does not exist)."""
+    full, local = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    if not native().llama_rlkv_kv_cells(llm._ctx.ctx, ctypes.byref(full), ctypes.byref(local)):
+        raise RuntimeLoadError("this context has no KV cache")
+    return int(full.value), int(local.value)
+
+
+def n_full_heads_native(scores: Any, sparsity: float) -> list[int]:
+    """F_l per layer by the C++ mask rule (to check it against rlkv_edge.masks)."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(scores, dtype=np.float32)
+    n_layer, n_head_kv = arr.shape
+    per_layer = (ctypes.c_int32 * n_layer)()
+    k = native().llama_rlkv_n_full_heads(
+        sparsity, arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n_layer, n_head_kv, per_layer, None
+    )
+    if k < 0:
+        raise ValueError("invalid scores or sparsity for the mask rule")
+    return list(per_layer)
