@@ -55,7 +55,8 @@ def doctor() -> None:
     except _native.NativeLibraryError as e:
         table.add_row("library", f"[red]{e}[/red]")
     train_ok = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "trl"))
-    table.add_row("train extra", "installed" if train_ok else "not installed (pip install 'rlkv-edge[train]')")
+    missing = "not installed (pip install 'rlkv-edge[train]')"
+    table.add_row("train extra", "installed" if train_ok else missing)
     if train_ok:
         import torch
 

@@ -14,7 +14,7 @@ def n_full_heads(sparsity: float, n_layer: int, n_head_kv: int) -> int:
     if not 0.0 <= s <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     # Python's round() is round-half-to-even on the exact double, as the contract requires.
-    return int(round((1.0 - s) * n_layer * n_head_kv))
+    return round((1.0 - s) * n_layer * n_head_kv)
 
 
 def full_head_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
