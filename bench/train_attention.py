@@ -1,6 +1,6 @@
-"""Forward + backward time of the training attention: fused Triton kernel vs two-SDPA reference vs causal SDPA.
+"""Training attention, forward + backward: fused Triton kernel vs two-SDPA reference vs causal SDPA.
 
-    python bench/train_attention.py                       # GPU: 2k, 8k, 16k tokens, bf16, Llama-3-8B-like heads
+    python bench/train_attention.py                       # GPU: 2k/8k/16k tokens, bf16, Llama-3-8B heads
     python bench/train_attention.py --lengths 256 --smoke # CPU smoke run (reference and SDPA only)
 
 Target (issue 5, H100/H200): fused ≤ 1.15× SDPA flash, ≥ 2× faster than the reference.
@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
 from rlkv_edge.train.attention import causal_mask, reference_mixed_attention
 
 
@@ -65,7 +64,11 @@ def bench_length(args: argparse.Namespace, t: int) -> dict[str, float | int | st
         return reference_mixed_attention(q, k, v, alpha, mask, args.sink, args.window)
 
     row: dict[str, float | int | str] = {"tokens": t}
-    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION]) if dev == "cuda" else _null():
+    with (
+        torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION])
+        if dev == "cuda"
+        else _null()
+    ):
         row["sdpa_ms"] = timed(run(sdpa), args.warmup, args.iters, dev)
     row["reference_ms"] = timed(run(reference), args.warmup, args.iters, dev)
     if not args.smoke:
@@ -112,7 +115,9 @@ def main() -> None:
     if args.device != "cuda" and not args.smoke:
         p.error("the fused kernel needs a GPU; pass --smoke on a CPU")
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    print(f"# device {name}, B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim} {args.dtype}")
+    print(
+        f"# device {name}, B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim} {args.dtype}"
+    )
     for t in args.lengths:
         row = bench_length(args, t)
         print(json.dumps({"device": name, **row}))

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from transformers import DynamicCache  # noqa: E402
-
-from rlkv_edge.train.attention import (  # noqa: E402
+import torch
+from rlkv_edge.train.attention import (
     local_mask,
     naive_mixed_attention,
     ordinals_from_mask,
     reference_mixed_attention,
 )
-from rlkv_edge.train.gates import clamp_gates, get_gates, install_gates, set_gates  # noqa: E402
-from rlkv_edge.train.tiny import ARCHS, positions_from_mask, tiny_model  # noqa: E402
+from rlkv_edge.train.gates import clamp_gates, get_gates, install_gates, set_gates
+from rlkv_edge.train.tiny import ARCHS, positions_from_mask, tiny_model
+from transformers import DynamicCache
 
 torch.set_num_threads(2)
 SINK, WINDOW = 3, 6
@@ -34,7 +34,7 @@ def _ids_and_masks(vocab: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _naive_local_4d(mask2d: torch.Tensor, sink: int, window: int) -> torch.Tensor:
-    """Sink+window visibility built with explicit loops from the 2-D padding mask (pad rows see themselves)."""
+    """Sink+window visibility built with loops from the 2-D padding mask (pad rows see themselves)."""
     b, t = mask2d.shape
     out = torch.zeros(b, 1, t, t, dtype=torch.bool)
     for r in range(b):
@@ -78,7 +78,9 @@ def test_alpha_zero_equals_local_attention(arch: str) -> None:
     ids, mask = _ids_and_masks()
     pos = positions_from_mask(mask)
     with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=_naive_local_4d(mask, SINK, WINDOW), position_ids=pos).logits
+        ref = model(
+            input_ids=ids, attention_mask=_naive_local_4d(mask, SINK, WINDOW), position_ids=pos
+        ).logits
         full = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
         install_gates(model, sink=SINK, window=WINDOW)
         set_gates(model, 0.0)

