@@ -487,17 +487,25 @@ def test_rollback(tiny_paths, weights):
     assert llm._ctx.kv_cache_seq_rm(0, 2, -1)
 
 
-def test_state_roundtrip(tiny_paths):
+@pytest.mark.parametrize("flash_attn", [True, False])
+@pytest.mark.parametrize("n_past", [100, 330])
+def test_state_roundtrip(tiny_paths, flash_attn, n_past):
+    """save -> fresh context -> load -> same next-token logits. Before the ring wraps the restored cells keep the
+    saved layout and the logits are bit-identical; after it, the restored ring is compacted, the keys are the same
+    but flash attention's F16 accumulation sees them in another order, so the check there is a tolerance."""
     toks = _tokens(350, seed=9)
-    llm = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
-    eval_tokens(llm, toks[:330])
+    llm = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, flash_attn=flash_attn)
+    eval_tokens(llm, toks[:n_past])
     st = llm.save_state()
-    a = eval_tokens(llm, toks[330:331])
+    a = eval_tokens(llm, toks[n_past:n_past + 3])
 
-    llm2 = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    llm2 = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, flash_attn=flash_attn)
     llm2.load_state(st)
-    b = eval_tokens(llm2, toks[330:331])
-    assert np.array_equal(a, b)
+    b = eval_tokens(llm2, toks[n_past:n_past + 3])
+    if n_past < 256:
+        assert np.array_equal(a, b), np.abs(a - b).max()
+    else:
+        assert rel_err(b, a) <= (1e-3 if flash_attn else 1e-5) and np.array_equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_context_shift(tiny_paths, weights):
@@ -550,11 +558,11 @@ def test_multi_seq(tiny_paths, weights):
             ctx = llama_cpp.llama_init_from_model(model, cp)
             assert ctx
             n_vocab = N_VOCAB
-            seqs = [_tokens(300, seed=21), _tokens(300, seed=22)]
+            seqs = [_tokens(320, seed=21), _tokens(320, seed=22)]
             outs = [[], []]
             batch = llama_cpp.llama_batch_init(64, 0, 2)
             try:
-                for start in range(0, 300, 16):
+                for start in range(0, 320, 16):
                     batch.n_tokens = 0
                     for sid in range(2):
                         for i in range(start, start + 16):
@@ -573,7 +581,7 @@ def test_multi_seq(tiny_paths, weights):
                 llama_cpp.llama_batch_free(batch)
                 llama_cpp.llama_free(ctx)
             for sid in range(2):
-                ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(seqs[sid], np.arange(300))
+                ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(seqs[sid], np.arange(320))
                 assert rel_err(np.array(outs[sid]), ref) <= 1e-3, (unified, sid)
     finally:
         llama_cpp.llama_model_free(model)
