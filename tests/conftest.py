@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Subprocesses started from the repository root must import the installed rlkv_edge (with its built
+# libraries and the train/convert subpackages), not the source directory: don't put cwd on sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 from pathlib import Path  # noqa: E402
 
