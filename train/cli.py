@@ -132,6 +132,6 @@ def train(
 
     from rlkv_edge.train.trainer import train_heads
 
-    trainer, heads = train_heads(cfg, callbacks=[_display_callback(cfg.steps)])
+    trainer, heads = train_heads(cfg, callbacks=[_display_callback(cfg.steps)], print_logs=False)
     if trainer.accelerator.is_main_process:
         _summary(heads, cfg)

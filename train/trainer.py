@@ -187,7 +187,18 @@ def load_model_and_tokenizer(cfg: TrainConfig) -> tuple[PreTrainedModel, Any]:
         bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if bf16_ok else torch.float32
     kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)  # type: ignore[arg-type]
+    model_kwargs = dict(kwargs)
+    if gguf:  # dense weights: GGUF matmul kernels are inference-only and Trainer refuses "quantized" models
+        from transformers import GgufConfig
+
+        model_kwargs["quantization_config"] = GgufConfig(gguf_file=gguf, dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **model_kwargs)  # type: ignore[arg-type]
+    if gguf and getattr(model, "is_quantized", False):
+        if any(not p.is_floating_point() for p in model.parameters()):
+            raise RuntimeError(f"{gguf} loaded with packed (non-float) weights; cannot train gates on it")
+        model.is_quantized = False  # dequantised to dense float weights: nothing quantized is left
+        if hasattr(model, "hf_quantizer"):
+            del model.hf_quantizer
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or source, **({} if cfg.tokenizer else kwargs))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -214,6 +225,7 @@ def train_heads(
     train_dataset: Any = None,
     callbacks: list[TrainerCallback] | None = None,
     reward_funcs: list[Any] | None = None,
+    print_logs: bool = True,
     **grpo_overrides: Any,
 ) -> tuple[RLKVGRPOTrainer, HeadScores]:
     """The recipe: load, install gates, build the data, run GRPO (resuming if asked), write heads.json."""
@@ -255,6 +267,10 @@ def train_heads(
         rlkv_beta=cfg.beta,
         rlkv_tau=cfg.tau,
     )
+    if not print_logs:  # a live display replaces the Trainer's printed log dicts
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resolve_resume(cfg))
     clamp_gates(model)
     extra.update(steps_done=int(trainer.state.global_step), final_reward_mean=trainer.rlkv_reward_mean)
