@@ -196,7 +196,7 @@ def load_model_and_tokenizer(cfg: TrainConfig) -> tuple[PreTrainedModel, Any]:
     if gguf and getattr(model, "is_quantized", False):
         if any(not p.is_floating_point() for p in model.parameters()):
             raise RuntimeError(f"{gguf} loaded with packed (non-float) weights; cannot train gates on it")
-        model.is_quantized = False  # dequantised to dense float weights: nothing quantized is left
+        setattr(model, "is_quantized", False)  # noqa: B010  (dense float weights: nothing quantized is left)
         if hasattr(model, "hf_quantizer"):
             del model.hf_quantizer
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or source, **({} if cfg.tokenizer else kwargs))
