@@ -74,6 +74,16 @@ from rlkv_edge.train.cli import train  # noqa: E402  (imports torch only when th
 
 app.command("train")(train)
 
+from rlkv_edge.bench import bench_cmd  # noqa: E402
+from rlkv_edge.chat import chat  # noqa: E402
+from rlkv_edge.evaluate import eval_cmd  # noqa: E402
+from rlkv_edge.serve import serve  # noqa: E402
+
+app.command("chat")(chat)
+app.command("bench")(bench_cmd)
+app.command("eval")(eval_cmd)
+app.command("serve")(serve)
+
 
 def main() -> None:
     """Entry point of the `rlkv-edge` script."""

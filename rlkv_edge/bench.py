@@ -1,0 +1,363 @@
+"""`rlkv-edge bench`: llama-bench-style pp512 / tg128 at several depths, with and without compression.
+
+Everything runs in one process on one library build, so the speed ratios against the uncompressed model
+are meaningful even on a noisy machine (DESIGN.md §7). Timing follows llama-bench: for each depth d the
+context is filled with d random tokens (not timed), then `pp` tokens are decoded in batches of n_batch
+(prompt processing), or `tg` tokens one at a time (generation), each run starting from depth d again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+DEFAULT_DEPTHS = (0, 2048, 6144)
+
+
+class BenchError(RuntimeError):
+    """A benchmark that cannot run; the message is one line."""
+
+
+@dataclass
+class BenchConfig:
+    """One model setting to measure: a file and a sparsity (None: the file's own, or no rlkv metadata)."""
+
+    label: str
+    path: Path
+    sparsity: float | None = None
+
+
+@dataclass
+class BenchResult:
+    """Measurements of one configuration."""
+
+    label: str
+    path: str
+    sparsity: float | None
+    rlkv_enabled: bool
+    n_full_heads: int | None
+    n_heads: int
+    kv_bytes_full: int
+    kv_bytes_local: int
+    n_ctx: int
+    pp: dict[int, float] = field(default_factory=dict)  # depth -> tokens/s
+    tg: dict[int, float] = field(default_factory=dict)
+    pp_std: dict[int, float] = field(default_factory=dict)
+    tg_std: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def kv_mib(self) -> float:
+        """Total KV cache in MiB."""
+        return (self.kv_bytes_full + self.kv_bytes_local) / 2**20
+
+
+class _Decoder:
+    """Low-level decoding on a loaded llama_cpp.Llama (as llama-bench does: llama_decode on batches)."""
+
+    def __init__(self, llm: Any, seed: int = 0) -> None:
+        import llama_cpp
+
+        self.lib = llama_cpp
+        self.llm = llm
+        self.ctx = llm._ctx.ctx
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.n_batch = llm.n_batch
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.n_vocab = llm.n_vocab()
+        self.rng = random.Random(seed)
+
+    def close(self) -> None:
+        self.lib.llama_batch_free(self.batch)
+
+    def _tokens(self, n: int) -> list[int]:
+        return [self.rng.randrange(self.n_vocab) for _ in range(n)]
+
+    def decode(self, tokens: Sequence[int], pos0: int) -> None:
+        """Decode tokens at positions pos0.. in batches of n_batch (logits for each batch's last token)."""
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i : i + self.n_batch]
+            b = self.batch
+            b.n_tokens = len(chunk)
+            for j, tok in enumerate(chunk):
+                b.token[j] = tok
+                b.pos[j] = pos0 + i + j
+                b.n_seq_id[j] = 1
+                b.seq_id[j][0] = 0
+                b.logits[j] = False
+            b.logits[len(chunk) - 1] = True
+            rc = self.lib.llama_decode(self.ctx, b)
+            if rc != 0:
+                raise BenchError(f"llama_decode failed with status {rc} at position {pos0 + i}")
+        self.lib.llama_synchronize(self.ctx)
+
+    def to_depth(self, depth: int, filled: int) -> int:
+        """Make the sequence exactly `depth` tokens long (drop what follows, or refill from scratch)."""
+        if filled == depth:
+            return depth
+        if filled > depth and depth > 0 and self.lib.llama_memory_seq_rm(self.mem, 0, depth, -1):
+            return depth
+        self.lib.llama_memory_clear(self.mem, True)
+        if depth:
+            self.decode(self._tokens(depth), 0)
+        return depth
+
+    def time_pp(self, depth: int, n: int) -> float:
+        t0 = time.perf_counter()
+        self.decode(self._tokens(n), depth)
+        return n / (time.perf_counter() - t0)
+
+    def time_tg(self, depth: int, n: int) -> float:
+        toks = self._tokens(n)
+        t0 = time.perf_counter()
+        for i, tok in enumerate(toks):
+            self.decode([tok], depth + i)
+        return n / (time.perf_counter() - t0)
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def bench_loaded(
+    llm: Any,
+    depths: Sequence[int],
+    *,
+    n_pp: int = 512,
+    n_tg: int = 128,
+    reps: int = 1,
+    warmup: bool = True,
+) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
+    """pp and tg tokens/s per depth (a list of `reps` runs each) on an already loaded model."""
+    dec = _Decoder(llm)
+    pp: dict[int, list[float]] = {d: [] for d in depths}
+    tg: dict[int, list[float]] = {d: [] for d in depths}
+    try:
+        filled = dec.to_depth(0, -1)
+        if warmup:  # one small decode of each kind, as llama-bench does
+            dec.decode(dec._tokens(min(n_pp, dec.n_batch)) if n_pp else [0], 0)
+            filled = dec.to_depth(0, -1)
+            dec.decode([0], 0)
+            filled = dec.to_depth(0, -1)
+        for d in sorted(depths):
+            for _ in range(reps):
+                if n_pp:
+                    filled = dec.to_depth(d, filled)
+                    pp[d].append(dec.time_pp(d, n_pp))
+                    filled = d + n_pp
+                if n_tg:
+                    filled = dec.to_depth(d, filled)
+                    tg[d].append(dec.time_tg(d, n_tg))
+                    filled = d + n_tg
+    finally:
+        dec.close()
+    return pp, tg
+
+
+def run_bench(
+    configs: Sequence[BenchConfig],
+    *,
+    n_ctx: int,
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+    n_pp: int = 512,
+    n_tg: int = 128,
+    reps: int = 1,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    type_k: str | None = None,
+    type_v: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Measure every configuration in turn (one model loaded at a time) in this process."""
+    from rlkv_edge import runtime
+    from rlkv_edge.models import ModelError, open_model
+
+    need = max(depths) + max(n_pp, n_tg)
+    if need > n_ctx:
+        raise BenchError(f"depth {max(depths)} + {max(n_pp, n_tg)} tokens does not fit --ctx {n_ctx}")
+    if reps < 1:
+        raise BenchError(f"--reps must be at least 1, got {reps}")
+    results = []
+    for cfg in configs:
+        if log:
+            log(
+                f"{cfg.label}: loading {cfg.path.name}"
+                + (f" at s={cfg.sparsity:g}" if cfg.sparsity is not None else "")
+            )
+        kwargs: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512}
+        if n_threads:
+            kwargs.update(n_threads=n_threads, n_threads_batch=n_threads)
+        try:
+            llm = open_model(
+                cfg.path,
+                n_ctx=n_ctx,
+                sparsity=cfg.sparsity,
+                n_gpu_layers=n_gpu_layers,
+                type_k=type_k,
+                type_v=type_v,
+                **kwargs,
+            )
+        except ModelError as e:
+            raise BenchError(str(e)) from None
+        try:
+            inf = runtime.info(llm)
+            full, local = runtime.kv_bytes(llm)
+            pp, tg = bench_loaded(llm, depths, n_pp=n_pp, n_tg=n_tg, reps=reps)
+        finally:
+            llm.close()
+        res = BenchResult(
+            label=cfg.label,
+            path=str(cfg.path),
+            sparsity=inf.sparsity if inf.enabled else None,
+            rlkv_enabled=inf.enabled,
+            n_full_heads=inf.n_full_total if inf.enabled else None,
+            n_heads=inf.n_layer * inf.n_head_kv,
+            kv_bytes_full=full,
+            kv_bytes_local=local,
+            n_ctx=n_ctx,
+        )
+        for d in depths:
+            if pp[d]:
+                res.pp[d], res.pp_std[d] = _mean_std(pp[d])
+            if tg[d]:
+                res.tg[d], res.tg_std[d] = _mean_std(tg[d])
+        results.append(res)
+        if log:
+            cells = ", ".join(
+                [f"pp{n_pp}@{d} {res.pp[d]:.1f} t/s" for d in depths if d in res.pp]
+                + [f"tg{n_tg}@{d} {res.tg[d]:.1f} t/s" for d in depths if d in res.tg]
+            )
+            log(f"{cfg.label}: KV {res.kv_mib:.2f} MiB; {cells}")
+    return results
+
+
+def markdown_table(results: Sequence[BenchResult], n_pp: int = 512, n_tg: int = 128) -> str:
+    """llama-bench-style table; ratios are against the first result (the uncompressed model)."""
+    base = results[0]
+    rows = [
+        "| model | sparsity | full heads | KV MiB | test | t/s | × base |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in results:
+        s = "none" if r.sparsity is None else f"{r.sparsity:.4g}"
+        heads = f"{r.n_full_heads if r.n_full_heads is not None else r.n_heads}/{r.n_heads}"
+        kv = f"{r.kv_mib:.2f} ({r.kv_mib / base.kv_mib:.2f}×)" if base.kv_mib else f"{r.kv_mib:.2f}"
+        for kind, data, std, n in (("pp", r.pp, r.pp_std, n_pp), ("tg", r.tg, r.tg_std, n_tg)):
+            for d, v in data.items():
+                test = f"{kind}{n}" + (f" @ d{d}" if d else "")
+                sd = std.get(d, 0.0)
+                speed = f"{v:.2f} ± {sd:.2f}" if sd else f"{v:.2f}"
+                ref = (base.pp if kind == "pp" else base.tg).get(d)
+                ratio = f"{v / ref:.2f}" if ref else "–"
+                rows.append(f"| {r.label} | {s} | {heads} | {kv} | {test} | {speed} | {ratio} |")
+    return "\n".join(rows)
+
+
+def results_json(results: Sequence[BenchResult], **meta: Any) -> dict[str, Any]:
+    """A JSON-ready summary (ratios against the first result included)."""
+    base = results[0]
+    out = []
+    for r in results:
+        d = asdict(r)
+        d["kv_mib"] = r.kv_mib
+        d["kv_ratio"] = r.kv_mib / base.kv_mib if base.kv_mib else None
+        for key in ("pp", "tg", "pp_std", "tg_std"):
+            d[key] = {str(k): v for k, v in d[key].items()}
+        d["pp_ratio"] = {str(k): v / base.pp[k] for k, v in r.pp.items() if base.pp.get(k)}
+        d["tg_ratio"] = {str(k): v / base.tg[k] for k, v in r.tg.items() if base.tg.get(k)}
+        out.append(d)
+    return {"baseline": base.label, **meta, "results": out}
+
+
+def parse_depths(text: str) -> list[int]:
+    """ "0,2048,6144" -> [0, 2048, 6144]."""
+    try:
+        depths = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise BenchError(f"--depths must be comma-separated integers, got '{text}'") from None
+    if not depths or depths[0] < 0:
+        raise BenchError(f"--depths must be non-negative integers, got '{text}'")
+    return depths
+
+
+def bench_cmd(
+    model: Annotated[Path, typer.Argument(help="GGUF model (with rlkv metadata to compare sparsities).")],
+    sparsity: Annotated[
+        list[float] | None,
+        typer.Option("--sparsity", "-s", help="Sparsity to measure (repeatable; default 0.5 if converted)."),
+    ] = None,
+    depths: Annotated[str, typer.Option("--depths", "-d", help="Comma-separated depths.")] = "0,2048,6144",
+    ctx: Annotated[int | None, typer.Option("--ctx", "-c", help="n_ctx (default: max depth + 512).")] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", help="Uncompressed GGUF to compare with (default: MODEL at s=0)."),
+    ] = None,
+    n_prompt: Annotated[int, typer.Option("--n-prompt", "-p", help="Prompt tokens for pp.")] = 512,
+    n_gen: Annotated[int, typer.Option("--n-gen", "-n", help="Generated tokens for tg.")] = 128,
+    reps: Annotated[int, typer.Option("--reps", "-r", help="Repetitions per test.")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    n_gpu_layers: Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers on the GPU.")] = 0,
+    cache_type_k: Annotated[str | None, typer.Option("--cache-type-k", help="K cache type.")] = None,
+    cache_type_v: Annotated[str | None, typer.Option("--cache-type-v", help="V cache type.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+) -> None:
+    """pp/tg speed at several depths and KV MiB, without compression and at each sparsity, in one process."""
+    from rlkv_edge.chat import fail
+    from rlkv_edge.models import ModelError, check_architecture
+
+    try:
+        ds = parse_depths(depths)
+        if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
+            raise BenchError("--n-prompt and --n-gen must be >= 0 and not both 0")
+        for p in [model] + ([baseline] if baseline else []):
+            if not p.is_file():
+                raise BenchError(f"model file not found: {p}")
+        info = check_architecture(model)
+        if baseline is not None:
+            check_architecture(baseline)
+        sparsities = list(sparsity or ([0.5] if info.get("converted") else []))
+        if sparsities and not info.get("converted"):
+            raise BenchError(f"{model} has no rlkv metadata; run `rlkv-edge convert` on it first")
+        for s in sparsities:
+            if not 0.0 <= s <= 1.0:
+                raise BenchError(f"--sparsity must be in [0, 1], got {s}")
+        if baseline is not None:
+            configs = [BenchConfig("baseline", baseline, None)]
+        else:
+            configs = [BenchConfig("none", model, 0.0 if info.get("converted") else None)]
+        configs += [BenchConfig(f"s={s:g}", model, s) for s in sparsities]
+        n_ctx = ctx or max(ds) + max(n_prompt, n_gen)
+        log = None if as_json else (lambda m: typer.echo(m, err=True))
+        results = run_bench(
+            configs,
+            n_ctx=n_ctx,
+            depths=ds,
+            n_pp=n_prompt,
+            n_tg=n_gen,
+            reps=reps,
+            n_threads=threads or min(os.cpu_count() or 1, 8),
+            n_gpu_layers=n_gpu_layers,
+            type_k=cache_type_k,
+            type_v=cache_type_v,
+            log=log,
+        )
+    except (BenchError, ModelError) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        print(
+            json.dumps(
+                results_json(results, n_ctx=n_ctx, depths=ds, n_prompt=n_prompt, n_gen=n_gen), indent=2
+            )
+        )
+    else:
+        print(markdown_table(results, n_prompt, n_gen))
+    sys.stdout.flush()

@@ -1,0 +1,394 @@
+"""`rlkv-edge eval`: quality at several sparsities against the same model without compression.
+
+* `--tasks FILE.jsonl` (one `{"prompt": ..., "answer": ...}` per line) or `--tasks reasoning-gym:NAME`:
+  greedy answers through the model's chat template; accuracy, mean output length in tokens and the
+  share of answers cut off by `--max-tokens`.
+* `--text FILE`: next-token distributions over the text; mean KL(uncompressed ‖ compressed) and top-1
+  agreement. The baseline is the same file at s = 0 (every head full), so KL at s = 0 is exactly 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+SYSTEM_PROMPT = (
+    "Solve the problem. Think step by step if needed, then give the final answer on the last line as "
+    "'Answer: <answer>'."
+)
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot run; the message is one line."""
+
+
+@dataclass
+class Task:
+    """One problem: the prompt, the reference answer, and optionally a scorer (answer text -> 0..1)."""
+
+    prompt: str
+    answer: str
+    score: Callable[[str], float] | None = None
+
+
+@dataclass
+class TaskResult:
+    """Task metrics of one configuration."""
+
+    label: str
+    sparsity: float | None
+    n: int
+    accuracy: float
+    mean_output_tokens: float
+    cut_off: float
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TextResult:
+    """Next-token agreement of one configuration with the uncompressed model over a text."""
+
+    label: str
+    sparsity: float | None
+    n_tokens: int
+    mean_kl: float
+    top1_agreement: float
+
+
+def load_tasks(spec: str, limit: int | None = None, seed: int = 0) -> list[Task]:
+    """Tasks from a JSONL file or `reasoning-gym:NAME` (generated offline, `limit` problems, default 20)."""
+    if spec.startswith("reasoning-gym:"):
+        name = spec.split(":", 1)[1]
+        try:
+            import reasoning_gym
+        except ImportError:
+            raise EvalError(
+                "reasoning-gym tasks need the reasoning-gym package (pip install reasoning-gym)"
+            ) from None
+        try:
+            ds = reasoning_gym.create_dataset(name, size=limit or 20, seed=seed)
+        except Exception as e:
+            raise EvalError(f"reasoning-gym dataset '{name}': {e}") from None
+        tasks = []
+        for entry in ds:
+
+            def scorer(text: str, entry: dict[str, Any] = entry) -> float:
+                return float(ds.score_answer(text, entry) or 0.0)
+
+            tasks.append(Task(entry["question"], str(entry["answer"]), scorer))
+        return tasks
+    path = Path(spec)
+    if not path.is_file():
+        raise EvalError(f"tasks file not found: {path}")
+    tasks = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise EvalError(f"{path}:{i}: each line must be a JSON object with 'prompt' and 'answer'")
+            prompt = obj.get("prompt", obj.get("question"))
+            answer = obj.get("answer")
+            if not isinstance(prompt, str) or answer is None or isinstance(answer, (dict, list)):
+                raise EvalError(f"{path}:{i}: needs a string 'prompt' (or 'question') and a scalar 'answer'")
+            tasks.append(Task(prompt, str(answer)))
+    if not tasks:
+        raise EvalError(f"{path}: no tasks in the file")
+    return tasks[:limit] if limit else tasks
+
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_answer(text: str) -> str:
+    """The final answer: <answer> tags, the last \\boxed{}, 'Answer: ...', or else the last line."""
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL)
+    m = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
+    if m:
+        return m[-1].strip()
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return boxed[-1].strip()
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        a = _ANSWER.search(ln)
+        if a:
+            return a.group(1).strip().rstrip(".").strip("*").strip()
+    return lines[-1] if lines else ""
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"\s+", " ", s.strip().strip("$").strip().rstrip(".")).lower()
+
+
+def is_correct(output: str, task: Task) -> bool:
+    """Scored by the task's own scorer, else exact match after normalising (numbers compared as numbers)."""
+    got = extract_answer(output)
+    if task.score is not None:
+        return task.score(got) >= 1.0
+    if _norm(got) == _norm(task.answer):
+        return True
+    want_num = _NUMBER.fullmatch(task.answer.strip().replace(" ", ""))
+    nums = _NUMBER.findall(got)
+    if want_num and nums:
+        try:
+            return math.isclose(
+                float(nums[-1].replace(",", "")), float(task.answer.replace(",", "")), rel_tol=1e-9
+            )
+        except ValueError:
+            return False
+    return False
+
+
+def run_tasks(
+    llm: Any, tasks: Sequence[Task], *, max_tokens: int, label: str, sparsity: float | None
+) -> TaskResult:
+    """Greedy answers to every task with the model's chat template."""
+    outputs = []
+    n_ok = n_cut = n_tok = 0
+    for t in tasks:
+        llm.reset()
+        r = llm.create_chat_completion(
+            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": t.prompt}],
+            temperature=0.0,
+            max_tokens=max_tokens,
+            seed=0,
+        )
+        text = r["choices"][0]["message"]["content"] or ""
+        ok = is_correct(text, t)
+        cut = r["choices"][0].get("finish_reason") == "length"
+        n_ok += ok
+        n_cut += cut
+        n_tok += int(r["usage"]["completion_tokens"])
+        outputs.append({"answer": t.answer, "extracted": extract_answer(text), "correct": ok, "cut_off": cut})
+    n = len(tasks)
+    return TaskResult(label, sparsity, n, n_ok / n, n_tok / n, n_cut / n, outputs)
+
+
+def text_logprobs(llm: Any, tokens: Sequence[int], chunk: int = 256) -> np.ndarray:
+    """log softmax of the next-token logits at every position of `tokens` (llm built with logits_all)."""
+    llm.reset()
+    llm.eval(list(tokens))
+    out = np.empty((len(tokens), llm.n_vocab()), dtype=np.float32)
+    for i in range(0, len(tokens), chunk):
+        x = np.asarray(llm.scores[i : min(i + chunk, len(tokens))], dtype=np.float64)
+        x -= x.max(axis=1, keepdims=True)
+        out[i : i + len(x)] = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    return out
+
+
+def compare_logprobs(base: np.ndarray, other: np.ndarray, chunk: int = 256) -> tuple[float, float]:
+    """Mean KL(base ‖ other) in nats and top-1 agreement over positions."""
+    kl_sum, agree = 0.0, 0
+    for i in range(0, len(base), chunk):
+        b = base[i : i + chunk].astype(np.float64)
+        o = other[i : i + chunk].astype(np.float64)
+        kl_sum += float(np.maximum((np.exp(b) * (b - o)).sum(axis=1), 0.0).sum())
+        agree += int((b.argmax(axis=1) == o.argmax(axis=1)).sum())
+    return kl_sum / len(base), agree / len(base)
+
+
+def _configs(path: Path, info: dict[str, Any], sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
+    if sparsities and not info.get("converted"):
+        raise EvalError(f"{path} has no rlkv metadata; run `rlkv-edge convert` on it first")
+    for s in sparsities:
+        if not 0.0 <= s <= 1.0:
+            raise EvalError(f"--sparsity must be in [0, 1], got {s}")
+    base = ("none", 0.0 if info.get("converted") else None)
+    return [base] + [(f"s={s:g}", s) for s in sparsities]
+
+
+def evaluate(
+    model: Path,
+    *,
+    tasks: str | None = None,
+    text: Path | None = None,
+    sparsities: Sequence[float] = (),
+    n_ctx: int = 2048,
+    max_tokens: int = 256,
+    limit: int | None = None,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the task and/or text evaluation for no compression and each sparsity; a JSON-ready dict."""
+    from rlkv_edge.models import ModelError, check_architecture, open_model
+
+    if tasks is None and text is None:
+        raise EvalError("give --tasks and/or --text")
+    if not model.is_file():
+        raise EvalError(f"model file not found: {model}")
+    try:
+        info = check_architecture(model)
+    except ModelError as e:
+        raise EvalError(str(e)) from None
+    configs = _configs(model, info, sparsities)
+    task_list = load_tasks(tasks, limit) if tasks else []
+    text_str = None
+    if text is not None:
+        try:
+            text_str = text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise EvalError(f"cannot read text file {text}: {e}") from None
+        if not text_str.strip():
+            raise EvalError(f"{text}: the text file is empty")
+    kwargs: dict[str, Any] = {"n_threads": n_threads} if n_threads else {}
+    out: dict[str, Any] = {"model": str(model), "n_ctx": n_ctx, "tasks": None, "text": None}
+    task_results: list[TaskResult] = []
+    text_results: list[TextResult] = []
+    base_lp: np.ndarray | None = None
+    tokens: list[int] = []
+    for label, s in configs:
+        if log:
+            log(f"{label}: loading {model.name}")
+        try:
+            llm = open_model(
+                model,
+                n_ctx=n_ctx,
+                sparsity=s,
+                n_gpu_layers=n_gpu_layers,
+                logits_all=text is not None,
+                **kwargs,
+            )
+        except ModelError as e:
+            raise EvalError(str(e)) from None
+        try:
+            if task_list:
+                tr = run_tasks(llm, task_list, max_tokens=max_tokens, label=label, sparsity=s)
+                task_results.append(tr)
+                if log:
+                    log(
+                        f"{label}: accuracy {tr.accuracy:.3f}, mean length {tr.mean_output_tokens:.1f}, "
+                        f"cut off {tr.cut_off:.3f}"
+                    )
+            if text_str is not None:
+                if not tokens:
+                    tokens = llm.tokenize(text_str.encode("utf-8"), add_bos=True)[:n_ctx]
+                    if len(tokens) < 2:
+                        raise EvalError(f"{text}: the text is too short")
+                lp = text_logprobs(llm, tokens)
+                if base_lp is None:
+                    base_lp = lp
+                kl, agree = compare_logprobs(base_lp, lp)
+                text_results.append(TextResult(label, s, len(tokens), kl, agree))
+                if log:
+                    log(
+                        f"{label}: mean KL {kl:.5f} nats, top-1 agreement {agree:.4f} "
+                        f"over {len(tokens)} tokens"
+                    )
+        finally:
+            llm.close()
+    if task_results:
+        out["tasks"] = {
+            "source": tasks,
+            "max_tokens": max_tokens,
+            "results": [tr.__dict__ for tr in task_results],
+        }
+    if text_results:
+        out["text"] = {"source": str(text), "results": [t.__dict__ for t in text_results]}
+    return out
+
+
+def render(out: dict[str, Any]) -> str:
+    """Markdown tables of an evaluate() result."""
+    parts = []
+    if out.get("tasks"):
+        base = out["tasks"]["results"][0]
+        rows = [
+            f"tasks: {out['tasks']['source']} ({base['n']} problems, greedy, "
+            f"max {out['tasks']['max_tokens']} tokens)",
+            "",
+            "| model | sparsity | accuracy | Δ vs none | mean output tokens | cut off |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in out["tasks"]["results"]:
+            s = "none" if r["sparsity"] is None else f"{r['sparsity']:.4g}"
+            rows.append(
+                f"| {r['label']} | {s} | {r['accuracy']:.3f} | {r['accuracy'] - base['accuracy']:+.3f} | "
+                f"{r['mean_output_tokens']:.1f} | {r['cut_off']:.3f} |"
+            )
+        parts.append("\n".join(rows))
+    if out.get("text"):
+        first = out["text"]["results"][0]
+        rows = [
+            f"text: {out['text']['source']} ({first['n_tokens']} tokens), "
+            "against the model without compression",
+            "",
+            "| model | sparsity | mean KL (nats) | top-1 agreement |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in out["text"]["results"]:
+            s = "none" if r["sparsity"] is None else f"{r['sparsity']:.4g}"
+            rows.append(f"| {r['label']} | {s} | {r['mean_kl']:.5f} | {r['top1_agreement']:.4f} |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def eval_cmd(
+    model: Annotated[Path, typer.Argument(help="GGUF model with rlkv metadata.")],
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="FILE.jsonl (prompt, answer per line) or reasoning-gym:NAME."),
+    ] = None,
+    text: Annotated[Path | None, typer.Option("--text", help="A long text for KL / top-1 agreement.")] = None,
+    sparsity: Annotated[
+        list[float] | None,
+        typer.Option("--sparsity", "-s", help="Sparsity to evaluate (repeatable; default 0.5)."),
+    ] = None,
+    ctx: Annotated[
+        int, typer.Option("--ctx", "-c", help="n_ctx (also the longest text prefix used).")
+    ] = 2048,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Longest answer per task.")] = 256,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    n_gpu_layers: Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers on the GPU.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Accuracy and next-token agreement at each sparsity against the same model without compression."""
+    from rlkv_edge.chat import fail
+
+    if ctx <= 0 or max_tokens <= 0:
+        raise fail("--ctx and --max-tokens must be positive")
+    try:
+        from rlkv_edge.models import check_architecture
+
+        converted = model.is_file() and check_architecture(model).get("converted")
+        sparsities = list(sparsity) if sparsity is not None else ([0.5] if converted else [])
+        out = evaluate(
+            model,
+            tasks=tasks,
+            text=text,
+            sparsities=sparsities,
+            n_ctx=ctx,
+            max_tokens=max_tokens,
+            limit=limit,
+            n_threads=threads,
+            n_gpu_layers=n_gpu_layers,
+            log=None if as_json else (lambda m: typer.echo(m, err=True)),
+        )
+    except Exception as e:
+        from rlkv_edge.models import ModelError
+
+        if isinstance(e, (EvalError, ModelError)):
+            raise fail(str(e)) from None
+        raise
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(render(out))
+    sys.stdout.flush()

@@ -1,0 +1,117 @@
+"""`rlkv-edge eval`: task accuracy and next-token KL / top-1 agreement against no compression."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from app_fixtures import run_cli, tiny_rlkv
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_rlkv(tmp_path_factory.mktemp("eval") / "tiny-rlkv.gguf").path
+
+
+def test_extract_and_score() -> None:
+    from rlkv_edge.evaluate import Task, extract_answer, is_correct
+
+    assert extract_answer("so \\boxed{42}.") == "42"
+    assert extract_answer("<think>Answer: 3</think>Work...\nAnswer: 7.") == "7"
+    assert extract_answer("<answer> x </answer>") == "x"
+    assert is_correct("The answer is 1,000", Task("q", "1000"))
+    assert is_correct("Answer: Paris", Task("q", "paris"))
+    assert not is_correct("Answer: 5", Task("q", "6"))
+
+
+def test_eval_tasks_and_text(tiny: Path, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    rows = [
+        {"prompt": "the cat sat on the", "answer": "mat"},
+        {"question": "1 + 1 =", "answer": 2},
+        {"prompt": "a", "answer": "b"},
+    ]
+    tasks.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["the cat sat on the mat and the dog is in the mat of a cat"] * 12))
+    r = run_cli(
+        "eval",
+        str(tiny),
+        "--tasks",
+        str(tasks),
+        "--text",
+        str(text),
+        "-s",
+        "0",
+        "-s",
+        "0.5",
+        "-s",
+        "1",
+        "--max-tokens",
+        "6",
+        "--ctx",
+        "512",
+        "-t",
+        "2",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    tr = out["tasks"]["results"]
+    assert [x["label"] for x in tr] == ["none", "s=0", "s=0.5", "s=1"]
+    for x in tr:
+        assert x["n"] == 3 and 0.0 <= x["accuracy"] <= 1.0 and 0.0 <= x["cut_off"] <= 1.0
+        assert 0 < x["mean_output_tokens"] <= 6
+    txt = out["text"]["results"]
+    assert txt[0]["n_tokens"] > 4 * (4 + 16)  # longer than sinks + window: local heads do evict
+    assert txt[0]["mean_kl"] == 0.0 and txt[0]["top1_agreement"] == 1.0
+    assert txt[1]["mean_kl"] == 0.0 and txt[1]["top1_agreement"] == 1.0  # s = 0: exactly no compression
+    assert txt[3]["mean_kl"] > 0.0  # s = 1: every head local
+
+
+def test_eval_reasoning_gym_table(tiny: Path) -> None:
+    pytest.importorskip("reasoning_gym")
+    r = run_cli(
+        "eval",
+        str(tiny),
+        "--tasks",
+        "reasoning-gym:basic_arithmetic",
+        "--limit",
+        "2",
+        "-n",
+        "4",
+        "--ctx",
+        "512",
+        "-t",
+        "2",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| none | 0 |" in r.stdout and "| s=0.5 | 0.5 |" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json\n", "not valid JSON"),
+        ('{"prompt": "x"}\n', "needs a string 'prompt'"),
+        ("[1, 2]\n", "must be a JSON object"),
+        ("\n", "no tasks"),
+    ],
+)
+def test_malformed_tasks_one_line(tiny: Path, tmp_path: Path, content: str, message: str) -> None:
+    tasks = tmp_path / "bad.jsonl"
+    tasks.write_text(content)
+    r = run_cli("eval", str(tiny), "--tasks", str(tasks))
+    assert r.returncode != 0
+    assert r.stderr.startswith("rlkv-edge: error:") and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_missing_inputs(tiny: Path, tmp_path: Path) -> None:
+    for args in (["--tasks", str(tmp_path / "none.jsonl")], [], ["--tasks", "reasoning-gym:no_such_task"]):
+        r = run_cli("eval", str(tiny), *args)
+        assert r.returncode != 0 and r.stderr.startswith("rlkv-edge: error:"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("eval", str(tmp_path / "missing.gguf"), "--text", str(tmp_path))
+    assert r.returncode != 0 and "model file not found" in r.stderr
