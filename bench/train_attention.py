@@ -64,11 +64,7 @@ def bench_length(args: argparse.Namespace, t: int) -> dict[str, float | int | st
         return reference_mixed_attention(q, k, v, alpha, mask, args.sink, args.window)
 
     row: dict[str, float | int | str] = {"tokens": t}
-    with (
-        torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION])
-        if dev == "cuda"
-        else _null()
-    ):
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION]) if dev == "cuda" else _null():
         row["sdpa_ms"] = timed(run(sdpa), args.warmup, args.iters, dev)
     row["reference_ms"] = timed(run(reference), args.warmup, args.iters, dev)
     if not args.smoke:
@@ -115,9 +111,7 @@ def main() -> None:
     if args.device != "cuda" and not args.smoke:
         p.error("the fused kernel needs a GPU; pass --smoke on a CPU")
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    print(
-        f"# device {name}, B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim} {args.dtype}"
-    )
+    print(f"# device {name}, B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim} {args.dtype}")
     for t in args.lengths:
         row = bench_length(args, t)
         print(json.dumps({"device": name, **row}))

@@ -24,27 +24,17 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def convert(
-    model: Annotated[
-        Path, typer.Argument(help="Input GGUF (llama, qwen2, qwen3, mistral).", show_default=False)
-    ],
-    mask: Annotated[
-        Path, typer.Option("--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv.")
-    ],
+    model: Annotated[Path, typer.Argument(help="Input GGUF (llama, qwen2, qwen3, mistral).", show_default=False)],
+    mask: Annotated[Path, typer.Option("--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output GGUF (default: <stem>.rlkv.gguf).")
     ] = None,
     sparsity: Annotated[
         float | None, typer.Option("--sparsity", "-s", help="Default sparsity s in [0, 1] (default: 0.5).")
     ] = None,
-    sink: Annotated[
-        int | None, typer.Option("--sink", help="Sink tokens S (default: the heads file's).")
-    ] = None,
-    window: Annotated[
-        int | None, typer.Option("--window", help="Window tokens W (default: the heads file's).")
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Re-convert a file that already has rlkv.* keys.")
-    ] = False,
+    sink: Annotated[int | None, typer.Option("--sink", help="Sink tokens S (default: the heads file's).")] = None,
+    window: Annotated[int | None, typer.Option("--window", help="Window tokens W (default: the heads file's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-convert a file that already has rlkv.* keys.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Re-order a GGUF's KV heads by score and add rlkv.* metadata (stock llama.cpp still runs it)."""
@@ -82,9 +72,7 @@ def inspect_cmd(
     ] = None,
     type_k: Annotated[str, typer.Option("--cache-type-k", help="KV cache type of K.")] = "f16",
     type_v: Annotated[str, typer.Option("--cache-type-v", help="KV cache type of V.")] = "f16",
-    ubatch: Annotated[
-        int, typer.Option("--ubatch", help="n_ubatch (sizes the local ring).")
-    ] = DEFAULT_UBATCH,
+    ubatch: Annotated[int, typer.Option("--ubatch", help="n_ubatch (sizes the local ring).")] = DEFAULT_UBATCH,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Save a layer x head heat map PNG (needs matplotlib).")

@@ -96,9 +96,7 @@ def default_output(src: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{stem}.rlkv.gguf")
 
 
-def _check_params(
-    heads: HeadScores, info: ModelInfo, sparsity: float, sink: int, window: int, src: Path
-) -> None:
+def _check_params(heads: HeadScores, info: ModelInfo, sparsity: float, sink: int, window: int, src: Path) -> None:
     """Shape of the heads file against the model, and the ranges of s, S, W."""
     want = (info.n_layer, info.n_head_kv)
     if heads.scores.shape != want:
@@ -153,12 +151,8 @@ def _rlkv_records(
     """The rlkv.* key/value records (DESIGN.md §3)."""
     return [
         encode_kv("rlkv.version", RLKV_VERSION, GGUFValueType.UINT32),
-        encode_kv(
-            "rlkv.head_scores", scores.astype(np.float32).ravel(), GGUFValueType.ARRAY, GGUFValueType.FLOAT32
-        ),
-        encode_kv(
-            "rlkv.head_perm", perm.astype(np.uint32).ravel(), GGUFValueType.ARRAY, GGUFValueType.UINT32
-        ),
+        encode_kv("rlkv.head_scores", scores.astype(np.float32).ravel(), GGUFValueType.ARRAY, GGUFValueType.FLOAT32),
+        encode_kv("rlkv.head_perm", perm.astype(np.uint32).ravel(), GGUFValueType.ARRAY, GGUFValueType.UINT32),
         encode_kv("rlkv.sparsity", float(np.float32(sparsity)), GGUFValueType.FLOAT32),
         encode_kv("rlkv.sink_size", int(sink), GGUFValueType.UINT32),
         encode_kv("rlkv.window_size", int(window), GGUFValueType.UINT32),
@@ -253,9 +247,7 @@ def convert_gguf(
     info = model_info(reader, src_p)
     n_split = reader.get_field("split.count")
     if n_split is not None and int(n_split.contents()) > 1:
-        raise ConvertError(
-            f"{src_p.name} is one shard of a split GGUF; merge it first (llama-gguf-split --merge)"
-        )
+        raise ConvertError(f"{src_p.name} is one shard of a split GGUF; merge it first (llama-gguf-split --merge)")
     dst_p = Path(dst) if dst is not None else default_output(src_p)
     s = DEFAULT_SPARSITY if sparsity is None else float(sparsity)
     sink_n = heads.sink_size if sink is None else int(sink)
@@ -264,9 +256,7 @@ def convert_gguf(
     _check_paths(src_p, dst_p)
     converted = has_rlkv(reader)
     if converted and not force:
-        raise ConvertError(
-            f"{src_p.name} is already converted (has rlkv.* metadata); pass --force to re-convert"
-        )
+        raise ConvertError(f"{src_p.name} is already converted (has rlkv.* metadata); pass --force to re-convert")
     current = stored_perm(reader, info, src_p)  # current[l, j] = original index of stored head j
     order = head_order(heads.scores)  # order[l, j] = original index of the head that goes to slot j
     inv_current = np.argsort(current, axis=1)

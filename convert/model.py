@@ -92,9 +92,7 @@ def _uniform_int(reader: GGUFReader, key: str, path: Path, required: bool = True
     if values.size == 0:
         raise ConvertError(f"{path}: metadata key {key} is empty")
     if not np.all(values == values[0]):
-        raise ConvertError(
-            f"{path}: {key} differs between layers ({sorted(set(values.tolist()))}); not supported"
-        )
+        raise ConvertError(f"{path}: {key} differs between layers ({sorted(set(values.tolist()))}); not supported")
     return int(values[0])
 
 
@@ -105,9 +103,7 @@ def model_info(reader: GGUFReader, path: str | os.PathLike[str], check_arch: boo
     if not isinstance(arch, str):
         raise ConvertError(f"{p}: missing general.architecture")
     if check_arch and arch not in SUPPORTED_ARCHITECTURES:
-        raise ConvertError(
-            f"{p}: unsupported architecture '{arch}' (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+        raise ConvertError(f"{p}: unsupported architecture '{arch}' (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     n_layer = _uniform_int(reader, f"{arch}.block_count", p)
     n_head = _uniform_int(reader, f"{arch}.attention.head_count", p)
     assert n_layer is not None and n_head is not None
@@ -136,9 +132,7 @@ def stored_perm(reader: GGUFReader, info: ModelInfo, path: str | os.PathLike[str
         return np.tile(np.arange(info.n_head_kv, dtype=np.int64), (info.n_layer, 1))
     perm = field_array(f).astype(np.int64)
     if perm.size != info.n_layer * info.n_head_kv:
-        raise ConvertError(
-            f"{path}: rlkv.head_perm has {perm.size} entries, expected {shape[0]} x {shape[1]}"
-        )
+        raise ConvertError(f"{path}: rlkv.head_perm has {perm.size} entries, expected {shape[0]} x {shape[1]}")
     perm = perm.reshape(shape)
     expected = np.arange(info.n_head_kv)
     if not all(np.array_equal(np.sort(row), expected) for row in perm):

@@ -145,9 +145,7 @@ def reencode_type(qtype: GGMLQuantizationType, block_cols: int, row_len: int) ->
     return GGMLQuantizationType.F16
 
 
-def permute_tensor(
-    data: np.ndarray, qtype: GGMLQuantizationType, plan: TensorPlan, perm: np.ndarray
-) -> np.ndarray:
+def permute_tensor(data: np.ndarray, qtype: GGMLQuantizationType, plan: TensorPlan, perm: np.ndarray) -> np.ndarray:
     """Apply a plan whose moves are byte moves (caller checks cols_are_byte_moves for kind cols)."""
     if plan.kind == "rows":
         return permute_rows(data, perm)

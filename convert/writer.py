@@ -87,9 +87,7 @@ def _tensor_info(entry: TensorEntry, offset: int) -> bytes:
 class GGUFStreamWriter:
     """Writes header, metadata and tensor infos up front, then tensor data in order."""
 
-    def __init__(
-        self, f: BinaryIO, kv_records: list[bytes], tensors: list[TensorEntry], alignment: int
-    ) -> None:
+    def __init__(self, f: BinaryIO, kv_records: list[bytes], tensors: list[TensorEntry], alignment: int) -> None:
         """Write everything up to the start of tensor data."""
         self.f, self.tensors, self.alignment = f, tensors, alignment
         self.offsets: list[int] = []

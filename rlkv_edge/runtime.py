@@ -212,16 +212,19 @@ def kv_cells(llm: Any) -> tuple[int, int]:
     return int(full.value), int(local.value)
 
 
-def n_full_heads_native(scores: Any, sparsity: float) -> list[int]:
-    """F_l per layer by the C++ mask rule (to check it against rlkv_edge.masks)."""
+def full_head_mask_native(scores: Any, sparsity: float) -> tuple[int, Any]:
+    """The C++ mask rule (llama_rlkv_n_full_heads): (k_full, bool [L, H] mask); k_full = -1 on bad input."""
     import numpy as np
 
     arr = np.ascontiguousarray(scores, dtype=np.float32)
     n_layer, n_head_kv = arr.shape
-    per_layer = (ctypes.c_int32 * n_layer)()
+    mask = np.zeros(n_layer * n_head_kv, dtype=np.int8)
     k = native().llama_rlkv_n_full_heads(
-        sparsity, arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n_layer, n_head_kv, per_layer, None
+        sparsity,
+        arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+        n_layer,
+        n_head_kv,
+        None,
+        mask.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
     )
-    if k < 0:
-        raise ValueError("invalid scores or sparsity for the mask rule")
-    return list(per_layer)
+    return int(k), mask.reshape(n_layer, n_head_kv).astype(bool)

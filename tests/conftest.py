@@ -12,12 +12,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # libraries and the train/convert subpackages), not the source directory: don't put cwd on sys.path.
 os.environ["PYTHONSAFEPATH"] = "1"
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-from gguf_fixtures import TinyModel, smollm2_path, write_tiny_gguf  # noqa: E402
+import pytest
+from gguf_fixtures import TinyModel, smollm2_path, write_tiny_gguf
 
-import rlkv_edge  # noqa: E402, F401  (points llama_cpp at our library before anything imports it)
+import rlkv_edge  # noqa: F401  (points llama_cpp at our library before anything imports it)
 
 
 @pytest.fixture(scope="session")

@@ -199,9 +199,7 @@ def assert_exact_reorder(src: Path, dst: Path) -> None:
 )
 def test_reorder_is_exact(tmp_path: Path, arch: str, extra: dict[str, bool], qtype: T) -> None:
     """Every head-dependent tensor is re-ordered by byte moves and undoes exactly; the rest is untouched."""
-    src = make_gguf(
-        tmp_path / "m.gguf", arch=arch, n_layer=3, n_head=6, n_head_kv=3, head_dim=32, qtype=qtype, **extra
-    )
+    src = make_gguf(tmp_path / "m.gguf", arch=arch, n_layer=3, n_head=6, n_head_kv=3, head_dim=32, qtype=qtype, **extra)
     heads = random_heads(3, 3)
     report = convert_gguf(src, heads, tmp_path / "out.gguf", progress=False)
     assert report.reencoded == [] and report.permuted_tensors
@@ -239,9 +237,7 @@ def _attention(r: GGUFReader, layer: int, x: np.ndarray, n_head: int, n_head_kv:
 def test_attention_output_unchanged(tmp_path: Path) -> None:
     """A numpy GQA attention forward from the converted F32 tensors equals the original's."""
     n_head, n_kv, d = 6, 3, 16
-    src = make_gguf(
-        tmp_path / "m.gguf", arch="qwen2", n_layer=2, n_head=n_head, n_head_kv=n_kv, head_dim=d, bias=True
-    )
+    src = make_gguf(tmp_path / "m.gguf", arch="qwen2", n_layer=2, n_head=n_head, n_head_kv=n_kv, head_dim=d, bias=True)
     heads = random_heads(2, n_kv, seed=4)
     convert_gguf(src, heads, tmp_path / "o.gguf", progress=False)
     ra, rb = GGUFReader(src), GGUFReader(tmp_path / "o.gguf")
@@ -252,12 +248,8 @@ def test_attention_output_unchanged(tmp_path: Path) -> None:
         ha, hb = _attention(ra, layer, x, n_head, n_kv, d), _attention(rb, layer, x, n_head, n_kv, d)
         q_perm = (perm[layer][:, None] * g + np.arange(g)).ravel()
         np.testing.assert_array_equal(hb, ha[q_perm])  # each query head moved with its KV head, bitwise
-        wo_a = np.asarray(
-            ra.tensors[[t.name for t in ra.tensors].index(f"blk.{layer}.attn_output.weight")].data
-        )
-        wo_b = np.asarray(
-            rb.tensors[[t.name for t in rb.tensors].index(f"blk.{layer}.attn_output.weight")].data
-        )
+        wo_a = np.asarray(ra.tensors[[t.name for t in ra.tensors].index(f"blk.{layer}.attn_output.weight")].data)
+        wo_b = np.asarray(rb.tensors[[t.name for t in rb.tensors].index(f"blk.{layer}.attn_output.weight")].data)
         ya = ha.transpose(1, 0, 2).reshape(7, -1) @ wo_a.T.astype(np.float64)
         yb = hb.transpose(1, 0, 2).reshape(7, -1) @ wo_b.T.astype(np.float64)
         np.testing.assert_allclose(yb, ya, rtol=1e-12, atol=1e-12)
@@ -318,9 +310,7 @@ def test_reencode_when_columns_split_blocks(tmp_path: Path, kw: dict[str, object
         np.testing.assert_allclose(b, a, rtol=0, atol=tol)
     sizes = {t.name: (int(t.n_bytes), t.tensor_type) for t in rb.tensors}
     assert all(sizes[r.name][0] == r.new_bytes for r in report.reencoded)
-    assert (
-        report.dst_bytes - report.src_bytes >= sum(r.new_bytes - r.old_bytes for r in report.reencoded) - 64
-    )
+    assert report.dst_bytes - report.src_bytes >= sum(r.new_bytes - r.old_bytes for r in report.reencoded) - 64
 
 
 def test_identity_order_copies_bytes(tmp_path: Path) -> None:
@@ -365,9 +355,7 @@ def test_rlkv_metadata(tmp_path: Path) -> None:
 
 def test_already_converted_needs_force(tmp_path: Path) -> None:
     """A converted file is refused without force; with force the result equals converting the original."""
-    src = make_gguf(
-        tmp_path / "m.gguf", n_layer=2, n_head=8, n_head_kv=4, head_dim=16, qtype=T.Q8_0, bias=True
-    )
+    src = make_gguf(tmp_path / "m.gguf", n_layer=2, n_head=8, n_head_kv=4, head_dim=16, qtype=T.Q8_0, bias=True)
     first, second = random_heads(2, 4, seed=1), random_heads(2, 4, seed=2)
     convert_gguf(src, first, tmp_path / "a.gguf", progress=False)
     with pytest.raises(ConvertError, match="already converted"):
@@ -409,18 +397,11 @@ def test_split_gguf_refused(tmp_path: Path) -> None:
     """One shard of a split GGUF is refused (its tensors are spread over several files)."""
     src = make_gguf(tmp_path / "m-00001-of-00002.gguf")
     r = GGUFReader(src)
-    kv = [
-        b"".join(np.asarray(p).tobytes() for p in f.parts)
-        for k, f in r.fields.items()
-        if not k.startswith("GGUF.")
-    ]
+    kv = [b"".join(np.asarray(p).tobytes() for p in f.parts) for k, f in r.fields.items() if not k.startswith("GGUF.")]
     from rlkv_edge.convert.writer import GGUFStreamWriter, TensorEntry, encode_kv
 
     kv.append(encode_kv("split.count", 2, GGUFValueType.UINT32))
-    entries = [
-        TensorEntry(t.name, tuple(int(d) for d in t.shape), T(t.tensor_type), int(t.n_bytes))
-        for t in r.tensors
-    ]
+    entries = [TensorEntry(t.name, tuple(int(d) for d in t.shape), T(t.tensor_type), int(t.n_bytes)) for t in r.tensors]
     with open(tmp_path / "split.gguf", "wb") as f:
         w = GGUFStreamWriter(f, kv, entries, int(r.alignment))
         for t in r.tensors:
@@ -634,9 +615,7 @@ def test_bad_input_one_line_error(tmp_path: Path, case: str) -> None:
     if not (tmp_path / "heads.json").exists():
         save_heads(random_heads(2, 2), tmp_path / "heads.json")
     before = {p.name: _sha(p) for p in tmp_path.iterdir() if p.is_file()}
-    result = CliRunner().invoke(
-        _app(), ["convert", *args[:1], "--mask", str(tmp_path / "heads.json"), *args[1:]]
-    )
+    result = CliRunner().invoke(_app(), ["convert", *args[:1], "--mask", str(tmp_path / "heads.json"), *args[1:]])
     stderr = result.stderr  # type: ignore[attr-defined]
     assert result.exit_code not in (0, None) and result.exit_code == 2, (result.output, result.exception)  # type: ignore[attr-defined]
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)  # type: ignore[attr-defined]

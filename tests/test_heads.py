@@ -55,9 +55,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert back.scores.dtype == np.float32 and back.scores.shape == (2, 2)
     np.testing.assert_array_equal(back.scores, h.scores)
     assert (back.sink_size, back.window_size, back.method) == (8, 16, "x")
-    assert (
-        back.model["architecture"] == "qwen2" and back.model["n_layer"] == 2 and back.model["n_head_kv"] == 2
-    )
+    assert back.model["architecture"] == "qwen2" and back.model["n_layer"] == 2 and back.model["n_head_kv"] == 2
     assert back.training == {"lr": 0.01}
     assert [p.name for p in tmp_path.iterdir()] == ["heads.json"]  # no temp file left
 

@@ -7,7 +7,6 @@ reference for the runtime's logits.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -17,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # the installed package sets LLAMA_CPP_LIB_PATH to our libllama
-    import rlkv_edge  # noqa: F401
-except Exception:  # pragma: no cover - scratch environments set LLAMA_CPP_LIB_PATH themselves
-    pass
+from rlkv_edge import _native, runtime
+from rlkv_edge.runtime import kv_bytes, kv_cells
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -31,71 +28,16 @@ llama_cpp = pytest.importorskip("llama_cpp")
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class RlkvModelInfo(ctypes.Structure):
-    _fields_ = [
-        ("enabled", ctypes.c_int32),
-        ("n_layer", ctypes.c_int32),
-        ("n_head", ctypes.c_int32),
-        ("n_head_kv", ctypes.c_int32),
-        ("sink_size", ctypes.c_int32),
-        ("window_size", ctypes.c_int32),
-        ("sparsity", ctypes.c_float),
-        ("n_full_total", ctypes.c_int32),
-    ]
-
-
-def _lib():
-    lib = llama_cpp.llama_cpp._lib  # the CDLL llama-cpp-python loaded
-    if not hasattr(lib, "llama_rlkv_version"):
-        pytest.skip("libllama is not the rlkv-edge build")
-    lib.llama_rlkv_version.restype = ctypes.c_char_p
-    lib.llama_rlkv_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(RlkvModelInfo), ctypes.POINTER(ctypes.c_int32), ctypes.c_int32]
-    lib.llama_rlkv_info.restype = ctypes.c_int32
-    lib.llama_rlkv_kv_bytes.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)]
-    lib.llama_rlkv_kv_bytes.restype = ctypes.c_bool
-    lib.llama_rlkv_kv_cells.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32)]
-    lib.llama_rlkv_kv_cells.restype = ctypes.c_bool
-    lib.llama_rlkv_n_full_heads.argtypes = [
-        ctypes.c_float, ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_int32,
-        ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int8),
-    ]
-    lib.llama_rlkv_n_full_heads.restype = ctypes.c_int32
-    return lib
-
-
 def c_mask_rule(sparsity: float, scores: np.ndarray):
-    lib = _lib()
-    L, H = scores.shape
-    sc = np.ascontiguousarray(scores, dtype=np.float32)
-    nf = np.zeros(L, dtype=np.int32)
-    mask = np.zeros(L * H, dtype=np.int8)
-    k = lib.llama_rlkv_n_full_heads(
-        ctypes.c_float(sparsity), sc.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), L, H,
-        nf.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), mask.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
-    )
-    return k, nf, mask.reshape(L, H).astype(bool)
+    """The C++ mask rule: (k_full, F_l per layer, mask)."""
+    k, mask = runtime.full_head_mask_native(scores, sparsity)
+    return k, mask.sum(axis=1), mask
 
 
 def model_info(llm):
-    lib = _lib()
-    info = RlkvModelInfo()
-    nf = (ctypes.c_int32 * 512)()
-    L = lib.llama_rlkv_info(llm._model.model, ctypes.byref(info), nf, 512)
-    return info, list(nf[:L])
-
-
-def kv_bytes(llm):
-    lib = _lib()
-    f, l = ctypes.c_uint64(), ctypes.c_uint64()
-    assert lib.llama_rlkv_kv_bytes(llm._ctx.ctx, ctypes.byref(f), ctypes.byref(l))
-    return f.value, l.value
-
-
-def kv_cells(llm):
-    lib = _lib()
-    f, l = ctypes.c_uint32(), ctypes.c_uint32()
-    assert lib.llama_rlkv_kv_cells(llm._ctx.ctx, ctypes.byref(f), ctypes.byref(l))
-    return f.value, l.value
+    """(RlkvInfo, F_l per layer) as the runtime reports them."""
+    info = runtime.info(llm)
+    return info, info.n_full_per_layer
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -112,24 +54,33 @@ def make_weights(seed=0, n_layer=2, n_head=4, n_head_kv=2, head_dim=16, n_embd=6
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     w = {
-        "cfg": dict(n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, n_embd=n_embd, n_ff=n_ff,
-                    n_vocab=n_vocab, eps=1e-5, rope_base=10000.0),
+        "cfg": dict(
+            n_layer=n_layer,
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim=head_dim,
+            n_embd=n_embd,
+            n_ff=n_ff,
+            n_vocab=n_vocab,
+            eps=1e-5,
+            rope_base=10000.0,
+        ),
         "token_embd.weight": r(n_vocab, n_embd, scale=1.0),
         "output_norm.weight": (1.0 + r(n_embd, scale=0.1)),
-        "output.weight": r(n_vocab, n_embd, scale=n_embd ** -0.5),
+        "output.weight": r(n_vocab, n_embd, scale=n_embd**-0.5),
     }
     for il in range(n_layer):
         p = f"blk.{il}."
         # Q/K scaled so that the local rule changes the output a lot while F16 flash attention stays within 1e-3
         w[p + "attn_norm.weight"] = 1.0 + r(n_embd, scale=0.1)
-        w[p + "attn_q.weight"] = r(n_head * head_dim, n_embd, scale=1.0 * n_embd ** -0.5)
-        w[p + "attn_k.weight"] = r(n_head_kv * head_dim, n_embd, scale=1.0 * n_embd ** -0.5)
-        w[p + "attn_v.weight"] = r(n_head_kv * head_dim, n_embd, scale=n_embd ** -0.5)
+        w[p + "attn_q.weight"] = r(n_head * head_dim, n_embd, scale=1.0 * n_embd**-0.5)
+        w[p + "attn_k.weight"] = r(n_head_kv * head_dim, n_embd, scale=1.0 * n_embd**-0.5)
+        w[p + "attn_v.weight"] = r(n_head_kv * head_dim, n_embd, scale=n_embd**-0.5)
         w[p + "attn_output.weight"] = r(n_embd, n_head * head_dim, scale=(n_head * head_dim) ** -0.5)
         w[p + "ffn_norm.weight"] = 1.0 + r(n_embd, scale=0.1)
-        w[p + "ffn_gate.weight"] = r(n_ff, n_embd, scale=n_embd ** -0.5)
-        w[p + "ffn_up.weight"] = r(n_ff, n_embd, scale=n_embd ** -0.5)
-        w[p + "ffn_down.weight"] = r(n_embd, n_ff, scale=n_ff ** -0.5)
+        w[p + "ffn_gate.weight"] = r(n_ff, n_embd, scale=n_embd**-0.5)
+        w[p + "ffn_up.weight"] = r(n_ff, n_embd, scale=n_embd**-0.5)
+        w[p + "ffn_down.weight"] = r(n_embd, n_ff, scale=n_ff**-0.5)
     return w
 
 
@@ -227,7 +178,7 @@ class RefModel:
         self.P = np.zeros(0, dtype=np.int64)
 
     def truncate(self, n):
-        keep = self.P < n
+        keep = n > self.P
         self.K = [k[keep] for k in self.K]
         self.V = [v[keep] for v in self.V]
         self.P = self.P[keep]
@@ -285,8 +236,18 @@ def sorted_scores(rng, L, H):
 
 def load(path, *, n_ctx=512, n_batch=512, n_ubatch=512, flash_attn=True, logits_all=True, **kw):
     return llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
-        logits_all=logits_all, type_k=0, type_v=0, verbose=False, n_threads=2, seed=0, **kw,
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_ubatch=n_ubatch,
+        flash_attn=flash_attn,
+        logits_all=logits_all,
+        type_k=0,
+        type_v=0,
+        verbose=False,
+        n_threads=2,
+        seed=0,
+        **kw,
     )
 
 
@@ -298,7 +259,7 @@ def eval_tokens(llm, tokens, one_by_one=False):
             llm.eval([int(t)])
     else:
         llm.eval([int(t) for t in tokens])
-    return np.array(llm.scores[start:llm.n_tokens], dtype=np.float64)
+    return np.array(llm.scores[start : llm.n_tokens], dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -344,7 +305,7 @@ def _tokens(n, seed=3):
 
 
 def test_version():
-    assert b"rlkv-edge" in _lib().llama_rlkv_version()
+    assert "rlkv-edge" in _native.rlkv_version()
 
 
 @pytest.mark.parametrize("key", ["s50", "s75", "s100"])
@@ -364,7 +325,7 @@ def test_reference_logits(tiny_paths, weights, key, flash_attn, mode):
         got = eval_tokens(llm, toks)
     info, nf = model_info(llm)
     assert info.enabled == 1 and nf == list(n_full)
-    fc, lc = kv_cells(llm)
+    _fc, lc = kv_cells(llm)
     assert lc == 256 and lc < N_TOK  # the ring really wraps
 
     ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks, np.arange(N_TOK))
@@ -382,8 +343,8 @@ def test_s0_equals_plain(tiny_paths, flash_attn):
     llm = load(tiny_paths["s0"], flash_attn=flash_attn, n_batch=64, n_ubatch=64)
     b = eval_tokens(llm, toks)
     assert np.array_equal(a, b)
-    f, l = kv_bytes(llm)
-    assert l == 0 and f > 0
+    full, local = kv_bytes(llm)
+    assert local == 0 and full > 0
     info, nf = model_info(llm)
     assert info.enabled == 1 and nf == [2, 2]
 
@@ -392,19 +353,19 @@ def test_plain_info(tiny_paths):
     llm = load(tiny_paths["plain"])
     info, nf = model_info(llm)
     assert info.enabled == 0 and nf == [2, 2] and info.n_head_kv == 2 and info.n_layer == 2
-    f, l = kv_bytes(llm)
-    assert f > 0 and l == 0
+    full, local = kv_bytes(llm)
+    assert full > 0 and local == 0
 
 
 def test_kv_bytes_formula(tiny_paths):
     # F32 K and V, head_dim 16: bytes per cell and head = 2 * 16 * 4
     llm = load(tiny_paths["s50"], n_ctx=2048, n_ubatch=64, n_batch=64)
     fc, lc = kv_cells(llm)
-    f, l = kv_bytes(llm)
+    full, local = kv_bytes(llm)
     _, nf = model_info(llm)
     per = 2 * 16 * 4
-    assert f == per * sum(nf) * fc
-    assert l == per * sum(2 - x for x in nf) * lc
+    assert full == per * sum(nf) * fc
+    assert local == per * sum(2 - x for x in nf) * lc
     assert fc == 2048 and lc == 256
 
 
@@ -497,11 +458,11 @@ def test_state_roundtrip(tiny_paths, flash_attn, n_past):
     llm = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, flash_attn=flash_attn)
     eval_tokens(llm, toks[:n_past])
     st = llm.save_state()
-    a = eval_tokens(llm, toks[n_past:n_past + 3])
+    a = eval_tokens(llm, toks[n_past : n_past + 3])
 
     llm2 = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, flash_attn=flash_attn)
     llm2.load_state(st)
-    b = eval_tokens(llm2, toks[n_past:n_past + 3])
+    b = eval_tokens(llm2, toks[n_past : n_past + 3])
     if n_past < 256:
         assert np.array_equal(a, b), np.abs(a - b).max()
     else:
@@ -523,7 +484,7 @@ def test_context_shift(tiny_paths, weights):
     mem = llama_cpp.llama_get_memory(llm._ctx.ctx)
     assert llama_cpp.llama_memory_seq_rm(mem, 0, n_keep, n_keep + d)
     llama_cpp.llama_memory_seq_add(mem, 0, n_keep + d, -1, -d)
-    keep = (ref.P < n_keep) | (ref.P >= n_keep + d)
+    keep = (n_keep > ref.P) | (n_keep + d <= ref.P)
     ref.K = [k[keep] for k in ref.K]
     ref.V = [v[keep] for v in ref.V]
     ref.P = np.where(ref.P[keep] >= n_keep + d, ref.P[keep] - d, ref.P[keep])
@@ -543,7 +504,9 @@ def test_multi_seq(tiny_paths, weights):
     from rlkv_edge.masks import full_heads_per_layer
 
     n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
-    model = llama_cpp.llama_model_load_from_file(str(tiny_paths["s50"]).encode(), llama_cpp.llama_model_default_params())
+    model = llama_cpp.llama_model_load_from_file(
+        str(tiny_paths["s50"]).encode(), llama_cpp.llama_model_default_params()
+    )
     try:
         for unified in (True, False):
             cp = llama_cpp.llama_context_default_params()
@@ -672,6 +635,7 @@ def _corruptions(rng, L, H):
     else:  # wrong key types: write the keys by hand
         r = None
         which = kind - 11
+
         def extra(wr, which=which):
             if which == 0:
                 wr.add_string("rlkv.version", "1")
@@ -687,6 +651,7 @@ def _corruptions(rng, L, H):
                 wr.add_float32("rlkv.head_scores", 0.5)  # scalar, not array
                 wr.add_string("rlkv.sparsity", "half")
                 wr.add_int32("rlkv.sink_size", -3)
+
     return kind, r, extra, valid
 
 
@@ -709,10 +674,19 @@ def test_corrupted_metadata_fuzz(tmp_path, weights):
     results = {}
     chunk = 80
     for i in range(0, len(paths), chunk):
-        batch = paths[i:i + chunk]
-        proc = subprocess.run([sys.executable, "-c", _FUZZ_CHILD, *batch], capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ))
-        assert proc.returncode == 0 and "DONE" in proc.stdout, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+        batch = paths[i : i + chunk]
+        proc = subprocess.run(
+            [sys.executable, "-c", _FUZZ_CHILD, *batch],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ),
+        )
+        assert proc.returncode == 0 and "DONE" in proc.stdout, (
+            proc.returncode,
+            proc.stdout[-2000:],
+            proc.stderr[-4000:],
+        )
         for line in proc.stdout.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] in ("OK", "FAIL"):
@@ -801,8 +775,9 @@ def test_smollm2_kv_bytes_and_generation(smollm2_rlkv, no_extra_bufts):
     from rlkv_edge.masks import full_heads_per_layer
 
     src, dst, scores = smollm2_rlkv
-    llm = llama_cpp.Llama(model_path=str(dst), n_ctx=8192, n_batch=512, n_ubatch=512, flash_attn=True, verbose=False,
-                          n_threads=2, seed=0)
+    llm = llama_cpp.Llama(
+        model_path=str(dst), n_ctx=8192, n_batch=512, n_ubatch=512, flash_attn=True, verbose=False, n_threads=2, seed=0
+    )
     info, nf = model_info(llm)
     assert info.enabled == 1 and info.n_layer == 30 and info.n_head_kv == 3 and info.sink_size == 64
     assert nf == list(full_heads_per_layer(scores, 0.5)) and sum(nf) == 45
@@ -814,8 +789,9 @@ def test_smollm2_kv_bytes_and_generation(smollm2_rlkv, no_extra_bufts):
     formula = per * (sum(nf) * 8192 + sum(3 - f for f in nf) * lc)
     assert abs((full_b + local_b) - formula) <= 0.01 * formula
     # ... and much less than the same file without metadata
-    plain = llama_cpp.Llama(model_path=str(src), n_ctx=8192, n_batch=512, n_ubatch=512, flash_attn=True, verbose=False,
-                            n_threads=2)
+    plain = llama_cpp.Llama(
+        model_path=str(src), n_ctx=8192, n_batch=512, n_ubatch=512, flash_attn=True, verbose=False, n_threads=2
+    )
     pf, pl = kv_bytes(plain)
     assert pl == 0 and (full_b + local_b) <= 0.6 * pf
 

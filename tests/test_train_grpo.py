@@ -98,9 +98,7 @@ def test_three_step_run_moves_gates_writes_heads_and_resumes(tmp_path: Path) -> 
 
     resumed = _cfg(tmp_path, resume=str(ckpt), out=str(tmp_path / "heads2.json"))
     trainer2, _ = _run(resumed, digit_fraction, callbacks=[Peek()])
-    np.testing.assert_array_equal(
-        seen["gates"], np.stack([saved["layer.0"].numpy(), saved["layer.1"].numpy()])
-    )
+    np.testing.assert_array_equal(seen["gates"], np.stack([saved["layer.0"].numpy(), saved["layer.1"].numpy()]))
     assert int(seen["step"]) == 2 and trainer2.state.global_step == 3
 
 
@@ -140,9 +138,7 @@ def test_data_sources(tmp_path: Path) -> None:
     gym = load_problems("reasoning-gym:basic_arithmetic", n=5, seed=1)
     assert len(gym) == 5 and all(p["question"] and p["answer"] for p in gym)
     path = tmp_path / "p.jsonl"
-    path.write_text(
-        '{"question": "1+1?", "answer": "so #### 2"}\n{"problem": "2+2?", "solution": "\\\\boxed{4}"}\n'
-    )
+    path.write_text('{"question": "1+1?", "answer": "so #### 2"}\n{"problem": "2+2?", "solution": "\\\\boxed{4}"}\n')
     local = load_problems(str(path))
     assert sorted(p["answer"] for p in local) == ["2", "4"]
     assert make_prompt("Q", conversational=False).startswith("Q\n")

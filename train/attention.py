@@ -43,9 +43,7 @@ def ordinals_from_mask(full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q_pos.to(torch.int32).contiguous(), k_pos.to(torch.int32).contiguous()
 
 
-def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None
-) -> torch.Tensor:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None) -> torch.Tensor:
     """Masked SDPA that returns zeros (not NaN) for query rows that see no key."""
     has_key = mask.any(-1, keepdim=True)
     first = torch.zeros_like(mask)
@@ -109,9 +107,7 @@ def naive_mixed_attention(
     return (a * attend(full) + (1 - a) * attend(loc)).to(dtype)
 
 
-def _as_bool_mask(
-    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device
-) -> torch.Tensor:
+def _as_bool_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """The visibility mask the model passed (bool, or additive float), or a causal one when it passed none."""
     if attention_mask is None:
         return causal_mask(q_len, kv_len, device)

@@ -47,9 +47,7 @@ def _display_callback(total: int) -> Any:
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.is_world_process_zero:
-                self.live = Live(
-                    _status_table({"step": state.global_step}, total, self.started), console=console
-                )
+                self.live = Live(_status_table({"step": state.global_step}, total, self.started), console=console)
                 self.live.start()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
@@ -75,16 +73,12 @@ def _summary(heads: Any, cfg: TrainConfig) -> None:
         t.add_row(str(i), " ".join(f"[{'green' if v >= 0.5 else 'red'}]{v:.3f}[/]" for v in row))
     console.print(t)
     n_low = int((scores < 0.5).sum())
-    console.print(
-        f"{n_low}/{scores.size} heads with α < 0.5, mean α {scores.mean():.4f}; wrote [bold]{cfg.out}[/bold]"
-    )
+    console.print(f"{n_low}/{scores.size} heads with α < 0.5, mean α {scores.mean():.4f}; wrote [bold]{cfg.out}[/bold]")
 
 
 def train(
     model: str = typer.Argument(..., help="HF model directory or name, or a .gguf file."),
-    dataset: str = typer.Option(
-        _D.dataset, help="reasoning-gym:NAME, a .jsonl/.parquet file, or an HF dataset."
-    ),
+    dataset: str = typer.Option(_D.dataset, help="reasoning-gym:NAME, a .jsonl/.parquet file, or an HF dataset."),
     out: str = typer.Option(_D.out, help="Where to write heads.json."),
     output_dir: str = typer.Option(_D.output_dir, help="Checkpoint directory (gate-only checkpoints)."),
     gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL (a directory or hub name)."),
@@ -103,19 +97,13 @@ def train(
     seed: int = typer.Option(_D.seed, help="Random seed."),
     resume: str | None = typer.Option(None, help="Checkpoint directory to resume from, or 'latest'."),
     save_steps: int = typer.Option(_D.save_steps, help="Save a gate checkpoint every N steps."),
-    n_problems: int | None = typer.Option(
-        None, help="Number of problems to load (default: all / 1000 generated)."
-    ),
+    n_problems: int | None = typer.Option(None, help="Number of problems to load (default: all / 1000 generated)."),
     reward: str = typer.Option(_D.reward, help="math | exact | module:function."),
     self_distill: bool = typer.Option(False, help="Keep only problems the unmodified model solves greedily."),
-    buckets: str = typer.Option(
-        _D.buckets, help="Self-distillation buckets 'lo-hi:count,...' (solution tokens)."
-    ),
+    buckets: str = typer.Option(_D.buckets, help="Self-distillation buckets 'lo-hi:count,...' (solution tokens)."),
     backend: str = typer.Option(_D.backend, help="Attention kernel: auto | reference | triton."),
     dtype: str = typer.Option(_D.dtype, help="auto | bfloat16 | float16 | float32."),
-    chat: bool | None = typer.Option(
-        None, help="Use the chat template (default: when the tokenizer has one)."
-    ),
+    chat: bool | None = typer.Option(None, help="Use the chat template (default: when the tokenizer has one)."),
 ) -> None:
     """Learn per-head scores with GRPO (RLKV) and write heads.json."""
     params = dict(locals())

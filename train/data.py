@@ -44,9 +44,7 @@ def _rows_to_problems(rows: Any, n: int | None) -> list[dict[str, str]]:
     return out
 
 
-def load_problems(
-    spec: str, n: int | None = None, seed: int = 0, split: str = "train"
-) -> list[dict[str, str]]:
+def load_problems(spec: str, n: int | None = None, seed: int = 0, split: str = "train") -> list[dict[str, str]]:
     """Problems from ``reasoning-gym:NAME``, a .jsonl/.json/.parquet/.csv file or HF ``name[:config]``."""
     if spec.startswith(GYM_PREFIX):
         import reasoning_gym
@@ -76,17 +74,12 @@ def make_prompt(question: str, conversational: bool = True, template: str = PROM
     return [{"role": "user", "content": text}] if conversational else text
 
 
-def to_dataset(
-    problems: list[dict[str, str]], conversational: bool = True, template: str = PROMPT_TEMPLATE
-) -> Any:
+def to_dataset(problems: list[dict[str, str]], conversational: bool = True, template: str = PROMPT_TEMPLATE) -> Any:
     """A ``datasets.Dataset`` with the ``prompt`` and ``answer`` columns GRPOTrainer and rewards use."""
     import datasets
 
     return datasets.Dataset.from_list(
-        [
-            {"prompt": make_prompt(p["question"], conversational, template), "answer": p["answer"]}
-            for p in problems
-        ]
+        [{"prompt": make_prompt(p["question"], conversational, template), "answer": p["answer"]} for p in problems]
     )
 
 
@@ -117,9 +110,7 @@ def parse_buckets(spec: str) -> list[Bucket]:
     return out
 
 
-def stratify(
-    solved: list[tuple[dict[str, str], int]], buckets: list[Bucket], seed: int = 0
-) -> list[dict[str, str]]:
+def stratify(solved: list[tuple[dict[str, str], int]], buckets: list[Bucket], seed: int = 0) -> list[dict[str, str]]:
     """Keep up to ``count`` solved problems per solution-length bucket (random within a bucket)."""
     rng = random.Random(seed)
     keep: list[dict[str, str]] = []
@@ -153,10 +144,7 @@ def self_distill(
             batch = problems[start : start + batch_size]
             prompts = [make_prompt(p["question"], conversational) for p in batch]
             if conversational:
-                texts = [
-                    tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-                    for m in prompts
-                ]
+                texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
             else:
                 texts = prompts
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not conversational)

@@ -15,11 +15,7 @@ GATES_FILE = "rlkv_gates.pt"
 
 def attention_modules(model: nn.Module) -> list[Any]:
     """The decoder's self-attention modules in layer order (modules with layer_idx, k_proj and o_proj)."""
-    found = [
-        m
-        for m in model.modules()
-        if hasattr(m, "layer_idx") and hasattr(m, "k_proj") and hasattr(m, "o_proj")
-    ]
+    found = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "k_proj") and hasattr(m, "o_proj")]
     return sorted(found, key=lambda m: int(m.layer_idx))
 
 
@@ -49,9 +45,7 @@ def install_gates(
     for m in modules:
         ref = m.k_proj.weight
         if not isinstance(getattr(m, "rlkv_gate", None), nn.Parameter):
-            m.rlkv_gate = nn.Parameter(
-                torch.ones(_n_kv_heads(model, m), device=ref.device, dtype=torch.float32)
-            )
+            m.rlkv_gate = nn.Parameter(torch.ones(_n_kv_heads(model, m), device=ref.device, dtype=torch.float32))
         m.rlkv_sink, m.rlkv_window, m.rlkv_backend = int(sink), int(window), backend
         m.rlkv_gate.requires_grad_(True)
         gates.append(m.rlkv_gate)

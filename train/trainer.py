@@ -35,9 +35,7 @@ def penalty_weight(reward_mean: float, beta: float, tau: float) -> float:
 class ClampGatesCallback(TrainerCallback):
     """Clamp the gates to [0, 1] right after every optimizer step."""
 
-    def on_optimizer_step(
-        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
-    ) -> None:
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """Clamp in place."""
         if model is not None:
             clamp_gates(model)
@@ -83,9 +81,7 @@ class RLKVGRPOTrainer(GRPOTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Load the gates of a checkpoint written by :meth:`_save`."""
-        load_gates(
-            self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint
-        )
+        load_gates(self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint)
 
 
 def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
@@ -139,9 +135,7 @@ def model_fingerprint(cfg: TrainConfig, model: PreTrainedModel) -> str:
     return "sha256-config:" + h.hexdigest()
 
 
-def heads_from_model(
-    model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None
-) -> HeadScores:
+def heads_from_model(model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None) -> HeadScores:
     """The trained gates as a HeadScores in the model's original head order."""
     mc = model.config
     return HeadScores(
@@ -161,9 +155,7 @@ def heads_from_model(
     )
 
 
-def write_heads(
-    model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None
-) -> HeadScores:
+def write_heads(model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None) -> HeadScores:
     """Write heads.json (cfg.out) from the model's gates and return it."""
     heads = heads_from_model(model, cfg, training)
     save_heads(heads, cfg.out)
@@ -251,9 +243,7 @@ def train_heads(
             )  # fmt: skip
             extra["self_distill"] = {"candidates": n_before, "kept": len(problems)}
             if not problems:
-                raise RuntimeError(
-                    "self-distillation kept no problem: the model solved none of them greedily"
-                )
+                raise RuntimeError("self-distillation kept no problem: the model solved none of them greedily")
         train_dataset = to_dataset(problems, conversational=conversational)
         extra["n_problems"] = len(problems)
     install_gates(model, sink=cfg.sink, window=cfg.window, backend=cfg.backend)

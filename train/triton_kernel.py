@@ -90,12 +90,8 @@ if _HAVE_TRITON:
         for start_n in range(0, hi, BLOCK_N):
             cols = start_n + offs_n
             n_ok = cols < Tk
-            k = tl.load(
-                k_base + cols[:, None] * skt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
-            )
-            v = tl.load(
-                v_base + cols[:, None] * svt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
-            )
+            k = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
             k_pos = tl.load(KPOS + b * Tk + cols, mask=n_ok, other=-1)
             full, local = _masks(q_pos, k_pos, SINK, WINDOW)
             s = tl.dot(q, tl.trans(k)) * scale  # the shared QK tile
@@ -108,9 +104,7 @@ if _HAVE_TRITON:
             acc_f = acc_f * corr[:, None] + tl.dot(p.to(v.dtype), v)
             m_f = m_new
 
-            if (
-                tl.max(tl.sum(local.to(tl.int32), 1), 0) > 0
-            ):  # tiles between sinks and window skip the local update
+            if tl.max(tl.sum(local.to(tl.int32), 1), 0) > 0:  # tiles between sinks and window skip the local update
                 s_l = tl.where(local, s, float("-inf"))
                 m_new = tl.maximum(m_l, tl.max(s_l, 1))
                 p = tl.exp(s_l - m_new[:, None])
@@ -173,21 +167,15 @@ if _HAVE_TRITON:
                 offs_m = start_m + offs_m0
                 m_ok = offs_m < Tq
                 q_mask = m_ok[:, None] & d_ok[None, :]
-                q = tl.load(
-                    Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0
-                )
-                do = tl.load(
-                    DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=q_mask, other=0.0
-                )
+                q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
+                do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=q_mask, other=0.0)
                 q_pos = tl.load(QPOS + b * Tq + offs_m, mask=m_ok, other=-1)
                 row = (b * H + h) * Tq + offs_m
                 lse_f = tl.load(LSEF + row, mask=m_ok, other=0.0)
                 lse_l = tl.load(LSEL + row, mask=m_ok, other=0.0)
                 dlt_f = tl.load(DLTF + row, mask=m_ok, other=0.0)
                 dlt_l = tl.load(DLTL + row, mask=m_ok, other=0.0)
-                p, ds = _tile_grads(
-                    q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW
-                )
+                p, ds = _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW)
                 dv += tl.dot(tl.trans(p.to(do.dtype)), do)
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
         out = b * sdkb + hk * sdkh + offs_n[:, None] * sdkt + offs_d[None, :]
@@ -227,16 +215,10 @@ if _HAVE_TRITON:
             offs_n = start_n + offs_n0
             n_ok = offs_n < Tk
             kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(
-                K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0
-            )
-            v = tl.load(
-                V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0
-            )
+            k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
             k_pos = tl.load(KPOS + b * Tk + offs_n, mask=n_ok, other=-1)
-            _, ds = _tile_grads(
-                q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW
-            )
+            _, ds = _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW)
             dq += tl.dot(ds.to(k.dtype), k)
         out = b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :]
         tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
