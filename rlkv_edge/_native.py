@@ -22,9 +22,7 @@ def library_file(lib_dir: Path = LIB_DIR) -> Path:
     for name in ("libllama.so", "libllama.dylib", "llama.dll"):
         if (lib_dir / name).exists():
             return lib_dir / name
-    raise NativeLibraryError(
-        f"rlkv-edge's llama.cpp library is not in {lib_dir}; reinstall rlkv-edge (make install)"
-    )
+    raise NativeLibraryError(f"rlkv-edge's llama.cpp library is not in {lib_dir}; reinstall rlkv-edge (make install)")
 
 
 def ensure_llama_cpp_lib_path() -> None:

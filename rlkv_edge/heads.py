@@ -116,9 +116,7 @@ def check_scores(scores: Any) -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         layer, head = (int(i) for i in np.argwhere(bad)[0])
-        raise HeadsFileError(
-            f"score of layer {layer} head {head} is {arr[layer, head]} (must be a finite number)"
-        )
+        raise HeadsFileError(f"score of layer {layer} head {head} is {arr[layer, head]} (must be a finite number)")
     if (arr < 0).any():
         layer, head = (int(i) for i in np.argwhere(arr < 0)[0])
         raise HeadsFileError(f"score of layer {layer} head {head} is negative ({arr[layer, head]:g})")
@@ -176,12 +174,9 @@ def _load_json(path: Path) -> HeadScores:
 def _check_model_shape(heads: HeadScores, path: Path) -> None:
     """The model block's n_layer / n_head_kv, when given, must match the scores table."""
     n_layer, n_head_kv = heads.model.get("n_layer"), heads.model.get("n_head_kv")
-    if (n_layer is not None and n_layer != heads.n_layer) or (
-        n_head_kv is not None and n_head_kv != heads.n_head_kv
-    ):
+    if (n_layer is not None and n_layer != heads.n_layer) or (n_head_kv is not None and n_head_kv != heads.n_head_kv):
         raise HeadsFileError(
-            f"{path}: model says {n_layer} x {n_head_kv} heads "
-            f"but scores are {heads.n_layer} x {heads.n_head_kv}"
+            f"{path}: model says {n_layer} x {n_head_kv} heads but scores are {heads.n_layer} x {heads.n_head_kv}"
         )
 
 
