@@ -353,11 +353,7 @@ def bench_cmd(
     except (BenchError, ModelError) as e:
         raise fail(str(e)) from None
     if as_json:
-        print(
-            json.dumps(
-                results_json(results, n_ctx=n_ctx, depths=ds, n_prompt=n_prompt, n_gen=n_gen), indent=2
-            )
-        )
+        print(json.dumps(results_json(results, n_ctx=n_ctx, depths=ds, n_prompt=n_prompt, n_gen=n_gen), indent=2))
     else:
         print(markdown_table(results, n_prompt, n_gen))
     sys.stdout.flush()

@@ -50,17 +50,13 @@ ModelArg = Annotated[
 CtxOpt = Annotated[int, typer.Option("--ctx", "-c", help="Context length n_ctx in tokens.")]
 SparsityOpt = Annotated[
     float | None,
-    typer.Option(
-        "--sparsity", "-s", help="Share of heads that keep only sinks + window (default: the file's)."
-    ),
+    typer.Option("--sparsity", "-s", help="Share of heads that keep only sinks + window (default: the file's)."),
 ]
 BudgetOpt = Annotated[
     str | None,
     typer.Option("--kv-budget", help="Pick the smallest sparsity whose KV cache fits this size, e.g. 64MiB."),
 ]
-GpuOpt = Annotated[
-    int, typer.Option("--n-gpu-layers", "-ngl", help="Layers to offload to the GPU (-1: all).")
-]
+GpuOpt = Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers to offload to the GPU (-1: all).")]
 CacheKOpt = Annotated[str | None, typer.Option("--cache-type-k", help="K cache type: f16, q8_0, q4_0, ...")]
 CacheVOpt = Annotated[str | None, typer.Option("--cache-type-v", help="V cache type: f16, q8_0, q4_0, ...")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: up to 8).")]
@@ -82,9 +78,7 @@ def pick_sparsity(
     if sparsity is not None:
         raise CliError("give either --sparsity or --kv-budget, not both")
     try:
-        choice = choose_sparsity(
-            path, parse_size(kv_budget), ctx, type_k=type_k or "f16", type_v=type_v or "f16"
-        )
+        choice = choose_sparsity(path, parse_size(kv_budget), ctx, type_k=type_k or "f16", type_v=type_v or "f16")
     except BudgetError as e:
         raise CliError(str(e)) from None
     return choice.sparsity, choice.describe()
@@ -175,9 +169,7 @@ class TurnStats:
     @property
     def tokens_per_second(self) -> float:
         """Generation speed after the first token."""
-        return (
-            (self.gen_tokens - 1) / self.gen_seconds if self.gen_tokens > 1 and self.gen_seconds > 0 else 0.0
-        )
+        return (self.gen_tokens - 1) / self.gen_seconds if self.gen_tokens > 1 and self.gen_seconds > 0 else 0.0
 
 
 @dataclass
@@ -254,8 +246,7 @@ class ChatSession:
         try:
             full, local = runtime.kv_bytes(self.llm)
             lines.append(
-                f"KV cache: {format_mib(full + local)} (full cache {format_mib(full)}, "
-                f"local cache {format_mib(local)})"
+                f"KV cache: {format_mib(full + local)} (full cache {format_mib(full)}, local cache {format_mib(local)})"
             )
             inf = runtime.info(self.llm)
             if inf.enabled:
@@ -270,8 +261,7 @@ class ChatSession:
         if self.last is not None:
             lines.append(
                 f"last answer: {self.last.gen_tokens} tokens, {self.last.tokens_per_second:.1f} tokens/s, "
-                f"first token after {self.last.prompt_seconds:.2f} s"
-                + (" (stopped)" if self.last.stopped else "")
+                f"first token after {self.last.prompt_seconds:.2f} s" + (" (stopped)" if self.last.stopped else "")
             )
         return "\n".join(lines)
 
@@ -362,17 +352,11 @@ def chat(
     n_gpu_layers: GpuOpt = 0,
     cache_type_k: CacheKOpt = None,
     cache_type_v: CacheVOpt = None,
-    temperature: Annotated[
-        float, typer.Option("--temperature", help="Sampling temperature (0: greedy).")
-    ] = 0.7,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Random seed (makes --prompt reproducible).")
-    ] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0: greedy).")] = 0.7,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (makes --prompt reproducible).")] = None,
     max_tokens: Annotated[
         int | None,
-        typer.Option(
-            "--max-tokens", "-n", help="Longest answer in tokens (default: until the context is full)."
-        ),
+        typer.Option("--max-tokens", "-n", help="Longest answer in tokens (default: until the context is full)."),
     ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -399,9 +383,7 @@ def chat(
         console.print(f"{Path(llm.model_path).name}: {describe(llm)}", style="dim", markup=False)
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
-    session = ChatSession(
-        llm, console, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens
-    )
+    session = ChatSession(llm, console, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
     try:
         if one_shot:
             try:

@@ -71,9 +71,7 @@ def load_tasks(spec: str, limit: int | None = None, seed: int = 0) -> list[Task]
         try:
             import reasoning_gym
         except ImportError:
-            raise EvalError(
-                "reasoning-gym tasks need the reasoning-gym package (pip install reasoning-gym)"
-            ) from None
+            raise EvalError("reasoning-gym tasks need the reasoning-gym package (pip install reasoning-gym)") from None
         try:
             ds = reasoning_gym.create_dataset(name, size=limit or 20, seed=seed)
         except Exception as e:
@@ -147,17 +145,13 @@ def is_correct(output: str, task: Task) -> bool:
     nums = _NUMBER.findall(got)
     if want_num and nums:
         try:
-            return math.isclose(
-                float(nums[-1].replace(",", "")), float(task.answer.replace(",", "")), rel_tol=1e-9
-            )
+            return math.isclose(float(nums[-1].replace(",", "")), float(task.answer.replace(",", "")), rel_tol=1e-9)
         except ValueError:
             return False
     return False
 
 
-def run_tasks(
-    llm: Any, tasks: Sequence[Task], *, max_tokens: int, label: str, sparsity: float | None
-) -> TaskResult:
+def run_tasks(llm: Any, tasks: Sequence[Task], *, max_tokens: int, label: str, sparsity: float | None) -> TaskResult:
     """Greedy answers to every task with the model's chat template."""
     outputs = []
     n_ok = n_cut = n_tok = 0
@@ -287,10 +281,7 @@ def evaluate(
                 kl, agree = compare_logprobs(base_lp, lp)
                 text_results.append(TextResult(label, s, len(tokens), kl, agree))
                 if log:
-                    log(
-                        f"{label}: mean KL {kl:.5f} nats, top-1 agreement {agree:.4f} "
-                        f"over {len(tokens)} tokens"
-                    )
+                    log(f"{label}: mean KL {kl:.5f} nats, top-1 agreement {agree:.4f} over {len(tokens)} tokens")
         finally:
             llm.close()
     if task_results:
@@ -310,8 +301,7 @@ def render(out: dict[str, Any]) -> str:
     if out.get("tasks"):
         base = out["tasks"]["results"][0]
         rows = [
-            f"tasks: {out['tasks']['source']} ({base['n']} problems, greedy, "
-            f"max {out['tasks']['max_tokens']} tokens)",
+            f"tasks: {out['tasks']['source']} ({base['n']} problems, greedy, max {out['tasks']['max_tokens']} tokens)",
             "",
             "| model | sparsity | accuracy | Δ vs none | mean output tokens | cut off |",
             "|---|---:|---:|---:|---:|---:|",
@@ -326,8 +316,7 @@ def render(out: dict[str, Any]) -> str:
     if out.get("text"):
         first = out["text"]["results"][0]
         rows = [
-            f"text: {out['text']['source']} ({first['n_tokens']} tokens), "
-            "against the model without compression",
+            f"text: {out['text']['source']} ({first['n_tokens']} tokens), against the model without compression",
             "",
             "| model | sparsity | mean KL (nats) | top-1 agreement |",
             "|---|---:|---:|---:|",
@@ -350,9 +339,7 @@ def eval_cmd(
         list[float] | None,
         typer.Option("--sparsity", "-s", help="Sparsity to evaluate (repeatable; default 0.5)."),
     ] = None,
-    ctx: Annotated[
-        int, typer.Option("--ctx", "-c", help="n_ctx (also the longest text prefix used).")
-    ] = 2048,
+    ctx: Annotated[int, typer.Option("--ctx", "-c", help="n_ctx (also the longest text prefix used).")] = 2048,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Longest answer per task.")] = 256,
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,

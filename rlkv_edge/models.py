@@ -100,8 +100,7 @@ def check_architecture(path: str | os.PathLike[str]) -> dict[str, Any]:
     arch = info.get("architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelError(
-            f"{path}: architecture '{arch}' is not supported "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{path}: architecture '{arch}' is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
     return info
 

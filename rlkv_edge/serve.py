@@ -35,8 +35,7 @@ def create_app(llm: Any, *, alias: str | None = None, api_key: str | None = None
         from llama_cpp.server.settings import ModelSettings, ServerSettings
     except ImportError as e:
         raise CliError(
-            f"serve needs llama-cpp-python's server extras ({e.name} is missing): "
-            "pip install 'rlkv-edge[serve]'"
+            f"serve needs llama-cpp-python's server extras ({e.name} is missing): pip install 'rlkv-edge[serve]'"
         ) from None
 
     name = alias or Path(llm.model_path).name
@@ -67,9 +66,7 @@ def create_app(llm: Any, *, alias: str | None = None, api_key: str | None = None
 
 def serve(
     model: ModelArg = None,
-    host: Annotated[
-        str, typer.Option("--host", help="Address to bind (default: this machine only).")
-    ] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to bind (default: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     ctx: CtxOpt = 4096,
     sparsity: SparsityOpt = None,
@@ -78,9 +75,7 @@ def serve(
     cache_type_k: CacheKOpt = None,
     cache_type_v: CacheVOpt = None,
     threads: ThreadsOpt = None,
-    alias: Annotated[
-        str | None, typer.Option("--alias", help="Model name clients use (default: file name).")
-    ] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="Model name clients use (default: file name).")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require this bearer token.")] = None,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""

@@ -15,9 +15,7 @@ RLKV_EDGE = str(Path(sys.executable).parent / "rlkv-edge")
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
 
 
-def run_cli(
-    *args: str, timeout: float = 300, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `rlkv-edge ARGS` and capture its output."""
     return subprocess.run(
         [RLKV_EDGE, *args], capture_output=True, text=True, timeout=timeout, env=env or ENV, check=False

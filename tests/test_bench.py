@@ -25,23 +25,8 @@ def _check_cells(out: dict, labels: list[str], depths: list[int]) -> None:
 
 
 def test_bench_json_tiny(tiny: Path) -> None:
-    r = run_cli(
-        "bench",
-        str(tiny),
-        "-s",
-        "0.5",
-        "-s",
-        "1",
-        "--depths",
-        "0,48",
-        "-p",
-        "32",
-        "-n",
-        "8",
-        "-t",
-        "2",
-        "--json",
-    )
+    args = ["-s", "0.5", "-s", "1", "--depths", "0,48", "-p", "32", "-n", "8", "-t", "2", "--ctx", "1024", "--json"]
+    r = run_cli("bench", str(tiny), *args)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     _check_cells(out, ["none", "s=0.5", "s=1"], [0, 48])
@@ -55,9 +40,7 @@ def test_bench_json_tiny(tiny: Path) -> None:
 
 def test_bench_table_with_baseline_file(tiny: Path, tmp_path: Path) -> None:
     base = write_tiny_gguf(tmp_path / "tiny.gguf").path
-    r = run_cli(
-        "bench", str(tiny), "--baseline", str(base), "--depths", "0", "-p", "16", "-n", "4", "-t", "2"
-    )
+    r = run_cli("bench", str(tiny), "--baseline", str(base), "--depths", "0", "-p", "16", "-n", "4", "-t", "2")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("| model | sparsity | full heads | KV MiB | test | t/s | × base |")

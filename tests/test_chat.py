@@ -83,9 +83,7 @@ def test_kv_budget_picks_smallest_fitting_sparsity(tiny: Path) -> None:
     assert choose_sparsity(tiny, sizes[0], n_ctx).sparsity == 0.0
 
     budget_mib = (sizes[2] + sizes[1]) / 2 / 2**20
-    r = run_cli(
-        "chat", str(tiny), "--kv-budget", f"{budget_mib:.6f}MiB", "--ctx", str(n_ctx), "-p", "a", "-n", "2"
-    )
+    r = run_cli("chat", str(tiny), "--kv-budget", f"{budget_mib:.6f}MiB", "--ctx", str(n_ctx), "-p", "a", "-n", "2")
     assert r.returncode == 0, r.stderr
     assert f"sparsity {steps[2]:.4g}" in r.stderr
 
@@ -109,9 +107,7 @@ def test_bad_options_one_line(tiny: Path, args: list[str]) -> None:
 def test_missing_model_and_unsupported_arch(tmp_path: Path) -> None:
     r = run_cli("chat", str(tmp_path / "nope.gguf"), "-p", "hi")
     assert r.returncode != 0
-    assert r.stderr.strip().splitlines() == [
-        f"rlkv-edge: error: model file not found: {tmp_path / 'nope.gguf'}"
-    ]
+    assert r.stderr.strip().splitlines() == [f"rlkv-edge: error: model file not found: {tmp_path / 'nope.gguf'}"]
     gpt2 = write_tiny_gguf(tmp_path / "gpt2.gguf", arch="gpt2").path
     for cmd in (["chat", str(gpt2), "-p", "hi"], ["bench", str(gpt2)], ["serve", str(gpt2)]):
         r = run_cli(*cmd)
@@ -127,9 +123,7 @@ def test_missing_model_and_unsupported_arch(tmp_path: Path) -> None:
 def test_chat_repl_under_a_pty(smol_rlkv: Path) -> None:
     pexpect = pytest.importorskip("pexpect")
     args = [str(smol_rlkv), "--ctx", "2048", "--threads", "2", "--temperature", "0", "--seed", "1"]
-    child = pexpect.spawn(
-        RLKV_EDGE, ["chat", *args], env=ENV, encoding="utf-8", timeout=120, dimensions=(50, 200)
-    )
+    child = pexpect.spawn(RLKV_EDGE, ["chat", *args], env=ENV, encoding="utf-8", timeout=120, dimensions=(50, 200))
     child.logfile_read = sys.stdout
     try:
         child.expect("rlkv: sparsity 0.5")

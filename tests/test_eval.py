@@ -62,7 +62,7 @@ def test_eval_tasks_and_text(tiny: Path, tmp_path: Path) -> None:
     assert [x["label"] for x in tr] == ["none", "s=0", "s=0.5", "s=1"]
     for x in tr:
         assert x["n"] == 3 and 0.0 <= x["accuracy"] <= 1.0 and 0.0 <= x["cut_off"] <= 1.0
-        assert 0 < x["mean_output_tokens"] <= 6
+        assert 0 < x["mean_output_tokens"] <= 7  # llama-cpp-python counts the stop token too
     txt = out["text"]["results"]
     assert txt[0]["n_tokens"] > 4 * (4 + 16)  # longer than sinks + window: local heads do evict
     assert txt[0]["mean_kl"] == 0.0 and txt[0]["top1_agreement"] == 1.0
