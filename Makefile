@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy rlkv_edge train convert
 
 test: lint
-	OMP_NUM_THREADS=2 $(VENV)/bin/pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,9 @@ import os
 
 # Two cores here: more threads than that makes numpy/torch many times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# ggml (system libgomp) and torch (its own OpenMP) share the process: idle threads that spin starve the
+# other runtime's workers on 2 cores (a 400-token decode test went from 4 s to 100 s). Sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Subprocesses started from the repository root must import the installed rlkv_edge (with its built

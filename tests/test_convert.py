@@ -733,5 +733,40 @@ def test_runtime_logits_unchanged(tmp_path: Path, fixture: str, request: pytest.
     assert not isinstance(at_s0, int), f"runtime failed on the converted file (exit {at_s0})"
     # Re-ordering changes only the summation order inside attn_output's dot products: float noise.
     rel = float(np.abs(at_s0 - base).max() / np.abs(base).max())
-    assert rel <= 1e-5, rel
-    assert (at_s0.argmax(-1) == base.argmax(-1)).all()
+    if _is_f32(src):
+        assert rel <= 1e-5, rel
+        assert (at_s0.argmax(-1) == base.argmax(-1)).all()
+    else:
+        # Quantized weights: the weights are exact byte moves (test_reorder_is_exact), but the next matmul
+        # re-quantizes activations (Q8_0/Q8_1 blocks), so a 1e-7 summation-order difference can flip one
+        # rounding and grow to ~1e-2 in the logits (measured: SmolLM2 Q4_1 rel 0.036, mean KL 0.002).
+        # Check the distributions instead: near-identical, same argmax almost everywhere.
+        la, lb = _log_softmax(base), _log_softmax(at_s0)
+        kl = float((np.exp(la) * (la - lb)).sum(-1).mean())
+        assert kl <= 1e-2, kl
+        assert (at_s0.argmax(-1) == base.argmax(-1)).mean() >= 0.95
+
+
+def _is_f32(path: Path) -> bool:
+    """Whether every 2-D weight of a GGUF is F32."""
+    reader = gguf.GGUFReader(str(path))
+    return all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in reader.tensors if len(t.shape) > 1)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """log_softmax over the last axis, in float64."""
+    x = x.astype(np.float64) - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_runtime_identity_order_is_bitwise(tmp_path: Path, smollm2: Path) -> None:
+    """When the scores already sort every layer, convert moves nothing and the logits are bitwise equal."""
+    _needs_runtime()
+    info = read_rlkv_info(smollm2)
+    scores = np.tile(np.linspace(0.9, 0.1, info["n_head_kv"], dtype=np.float32), (info["n_layer"], 1))
+    dst = tmp_path / "ident.gguf"
+    convert_gguf(smollm2, HeadScores(scores=scores), dst, progress=False)
+    base = _runtime_logits(smollm2, tmp_path / "a.npy")
+    same = _runtime_logits(dst, tmp_path / "b.npy", {"rlkv.sparsity": 0.0})
+    assert not isinstance(base, int) and not isinstance(same, int)
+    assert np.array_equal(base, same)
