@@ -187,6 +187,27 @@ def test_default_model_is_bundled(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         assert models.default_model().path == resolved.path  # cached: converted once
 
 
+def test_default_model_converts_once_with_the_default_heads_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from app_fixtures import placeholder_scores
+    from rlkv_edge.convert import read_rlkv_info
+
+    from rlkv_edge import models
+    from rlkv_edge.heads import HeadScores, save_heads
+
+    heads_file = tmp_path / "default_heads.json"  # a test stand-in for rlkv_edge/data/default_heads.json
+    save_heads(HeadScores(placeholder_scores(30, 3), method="test placeholder"), heads_file)
+    monkeypatch.setattr(models, "default_heads_path", lambda: heads_file)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = models.default_model(quiet=True)
+    assert first.note is None and first.path.parent == tmp_path / "cache" / "rlkv-edge" / "models"
+    assert read_rlkv_info(first.path)["converted"]
+    mtime = first.path.stat().st_mtime_ns
+    assert models.default_model(quiet=True).path == first.path
+    assert first.path.stat().st_mtime_ns == mtime  # reused, not converted again
+
+
 def test_sparsity_steps_match_mask_rule() -> None:
     from rlkv_edge.masks import n_full_heads
     from rlkv_edge.memory import parse_size, sparsity_steps
