@@ -18,6 +18,7 @@ SOURCES := $(shell git ls-files -co --exclude-standard rlkv_edge train convert n
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
 	@echo "make test      install if needed, then ruff, mypy and pytest ($(PYTEST_ARGS))"
+	@echo "make chat      install if needed, then chat with the bundled model (CHAT_ARGS=... for options)"
 	@echo "make clean     remove build outputs and $(VENV) (the llama.cpp source cache is kept)"
 
 $(VENV)/bin/python:
@@ -47,6 +48,10 @@ lint: $(STAMP)
 
 test: lint
 	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Chat with the bundled SmolLM2-135M-Instruct (converted with the default heads file on first use).
+chat: $(STAMP)
+	$(VENV)/bin/rlkv-edge chat $(CHAT_ARGS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache
