@@ -16,6 +16,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
 
+from . import ggml_quants
 from .model import ConvertError, ModelInfo
 
 _BLK = re.compile(r"^blk\.(\d+)\.(attn_[a-z_]+)\.(weight|bias)$")
@@ -165,4 +166,4 @@ def reencode_cols(
     values = permute_cols(np.asarray(values, dtype=np.float32), perm)
     if new_type == GGMLQuantizationType.F16:
         return values.astype(np.float16)
-    return gq.quantize(values, new_type)
+    return ggml_quants.quantize(values, new_type)

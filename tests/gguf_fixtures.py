@@ -50,13 +50,22 @@ def spm_vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def _tensor(writer: gguf.GGUFWriter, name: str, data: np.ndarray, ftype: str) -> np.ndarray:
-    """Add a tensor in ftype (1-D tensors stay F32) and return the float32 values llama.cpp will see."""
+    """Add a tensor in ftype (1-D tensors stay F32) and return the float32 values llama.cpp will see.
+
+    Quantized with ggml's own quantizer (the library we build), so K-quants work too.
+    """
+    from rlkv_edge.convert.ggml_quants import quantize
+
     data = data.astype(np.float32)
     if ftype == "F32" or data.ndim == 1:
         writer.add_tensor(name, data)
         return data
-    qtype = gguf.GGMLQuantizationType[ftype]
-    q = gguf.quants.quantize(data, qtype)
+    *first, last = ftype.split(",")  # "Q4_K,Q8_0": quantize to Q4_K, dequantize, then store as Q8_0
+    for step in first:
+        step_type = gguf.GGMLQuantizationType[step]
+        data = gguf.quants.dequantize(quantize(data, step_type), step_type).astype(np.float32)
+    qtype = gguf.GGMLQuantizationType[last]
+    q = quantize(data, qtype)
     writer.add_tensor(name, q, raw_dtype=qtype)
     return np.asarray(gguf.quants.dequantize(q, qtype), dtype=np.float32).reshape(data.shape)
 
@@ -74,8 +83,12 @@ def write_tiny_gguf(
     n_ctx_train: int = 4096,
     seed: int = 0,
     rlkv: dict | None = None,
+    attn_output_type: str | None = None,
 ) -> TinyModel:
     """Write a random-weight llama/qwen2 GGUF (qwen2 gets q/k/v biases); rlkv adds rlkv.* metadata.
+
+    attn_output_type gives attn_output its own type (e.g. "Q4_K", which needs n_embd % 256 == 0); a chain
+    "Q4_K,Q8_0" stores as Q8_0 the values a Q4_K round trip gives (what convert's re-encode produces).
 
     rlkv keys: scores ([L, H] array in stored order), sparsity, sink, window, perm (optional [L, H]).
     """
@@ -121,7 +134,8 @@ def write_tiny_gguf(
             for t, n in (("q", n_head), ("k", n_head_kv), ("v", n_head_kv)):
                 name = f"{p}attn_{t}.bias"
                 w[name] = _tensor(writer, name, rand(n * head_dim, scale=0.5), ftype)
-        w[p + "attn_output.weight"] = _tensor(writer, p + "attn_output.weight", rand(n_embd, n_embd), ftype)
+        out_type = attn_output_type or ftype
+        w[p + "attn_output.weight"] = _tensor(writer, p + "attn_output.weight", rand(n_embd, n_embd), out_type)
         w[p + "ffn_norm.weight"] = _tensor(writer, p + "ffn_norm.weight", 1 + rand(n_embd, scale=0.1), ftype)
         w[p + "ffn_gate.weight"] = _tensor(writer, p + "ffn_gate.weight", rand(n_ff, n_embd), ftype)
         w[p + "ffn_up.weight"] = _tensor(writer, p + "ffn_up.weight", rand(n_ff, n_embd), ftype)

@@ -16,6 +16,7 @@ import typer
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, GGUFValueType
 from gguf import quants as gq
+from gguf_fixtures import write_tiny_gguf
 from rlkv_edge.convert import ConvertError, convert_gguf, default_output, read_rlkv_info
 from rlkv_edge.convert.cli import convert as convert_cmd
 from rlkv_edge.convert.cli import inspect_cmd
@@ -770,3 +771,28 @@ def test_runtime_identity_order_is_bitwise(tmp_path: Path, smollm2: Path) -> Non
     same = _runtime_logits(dst, tmp_path / "b.npy", {"rlkv.sparsity": 0.0})
     assert not isinstance(base, int) and not isinstance(same, int)
     assert np.array_equal(base, same)
+
+
+def test_runtime_reencoded_k_quant_attn_output(tmp_path: Path) -> None:
+    """A Q4_K attn_output whose head blocks (g·D = 128) split K-quant blocks (256) is re-encoded to Q8_0:
+    the converted model's logits differ from the original by no more than a Q8_0 re-encode without any
+    re-ordering does (the error of the new type), and the weights are the permuted originals."""
+    _needs_runtime()
+    shape = {"n_layer": 2, "n_head": 8, "n_head_kv": 2, "head_dim": 32, "n_ff": 128, "seed": 11}
+    orig = write_tiny_gguf(tmp_path / "q4k.gguf", attn_output_type="Q4_K", **shape)
+    same_as_new_type = write_tiny_gguf(tmp_path / "q4k-q8.gguf", attn_output_type="Q4_K,Q8_0", **shape)
+    scores = np.array([[0.2, 0.9], [0.1, 0.8]], dtype=np.float32)  # both layers swap their two heads
+    dst = tmp_path / "conv.gguf"
+    report = convert_gguf(orig.path, HeadScores(scores=scores), dst, progress=False)
+    assert sorted((r.name, r.old_type, r.new_type) for r in report.reencoded) == [
+        (f"blk.{i}.attn_output.weight", "Q4_K", "Q8_0") for i in range(2)
+    ]
+    base = _runtime_logits(orig.path, tmp_path / "a.npy")
+    conv = _runtime_logits(dst, tmp_path / "b.npy", {"rlkv.sparsity": 0.0})
+    ref = _runtime_logits(same_as_new_type.path, tmp_path / "c.npy")
+    assert not isinstance(base, int) and not isinstance(conv, int) and not isinstance(ref, int)
+    scale = np.abs(base).max()
+    err_conv = np.abs(conv - base).max() / scale
+    err_new_type = np.abs(ref - base).max() / scale
+    assert err_new_type > 0  # the re-encode really loses precision
+    assert err_conv <= 1.5 * err_new_type + 1e-5, (err_conv, err_new_type)
