@@ -66,3 +66,20 @@ def test_doctor_names_our_library(tmp_path: Path) -> None:
     assert str(_native.library_file()) in proc.stdout
     assert "0c1e57098" in proc.stdout
     assert "CPU" in proc.stdout
+
+
+def test_core_cli_imports_without_torch(tmp_path: Path) -> None:
+    """Laptop installs have no torch: the CLI (and every non-train command's --help) must still work."""
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'transformers', 'trl', 'triton', 'accelerate', 'datasets'): sys.modules[m] = None\n"
+        "from typer.testing import CliRunner\n"
+        "from rlkv_edge.cli import app\n"
+        "r = CliRunner()\n"
+        "for args in (['--help'], ['doctor'], ['convert', '--help'], ['inspect', '--help']):\n"
+        "    res = r.invoke(app, args)\n"
+        "    assert res.exit_code == 0, (args, res.output, res.exception)\n"
+        "print('OK')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
