@@ -206,6 +206,7 @@ class ChatSession:
         answer: list[str] = []
         t0 = time.perf_counter()
         t_first: float | None = None
+        n_first = 0
         try:
             stream = self.llm.create_chat_completion(
                 messages=self.messages,
@@ -220,7 +221,7 @@ class ChatSession:
                     continue
                 if t_first is None:
                     t_first = time.perf_counter()
-                stats.gen_tokens += 1
+                    n_first = self.llm.n_tokens  # the prompt is evaluated; the first token is sampled
                 answer.append(delta)
                 self._print(splitter.feed(delta))
         except KeyboardInterrupt:
@@ -233,6 +234,8 @@ class ChatSession:
             now = time.perf_counter()
             stats.prompt_seconds = (t_first or now) - t0
             stats.gen_seconds = now - t_first if t_first is not None else 0.0
+            # Generated tokens (chunks can hold several tokens, e.g. the bytes of one character).
+            stats.gen_tokens = self.llm.n_tokens - n_first + 1 if t_first is not None else 0
             self.last = stats
         reply = "".join(answer)
         self.messages.append({"role": "assistant", "content": reply})
