@@ -183,7 +183,7 @@ def run_bench(
     type_v: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """Measure every configuration in turn (one model loaded at a time) in this process."""
+    """Measure every configuration (one model loaded at a time) in this process, reps round-robin."""
     from rlkv_edge import runtime
     from rlkv_edge.models import ModelError, open_model
 
@@ -192,57 +192,65 @@ def run_bench(
         raise BenchError(f"depth {max(depths)} + {max(n_pp, n_tg)} tokens does not fit --ctx {n_ctx}")
     if reps < 1:
         raise BenchError(f"--reps must be at least 1, got {reps}")
-    results = []
-    for cfg in configs:
-        if log:
-            log(
-                f"{cfg.label}: loading {cfg.path.name}"
-                + (f" at s={cfg.sparsity:g}" if cfg.sparsity is not None else "")
-            )
-        kwargs: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512}
-        if n_threads:
-            kwargs.update(n_threads=n_threads, n_threads_batch=n_threads)
-        try:
-            llm = open_model(
-                cfg.path,
-                n_ctx=n_ctx,
-                sparsity=cfg.sparsity,
-                n_gpu_layers=n_gpu_layers,
-                type_k=type_k,
-                type_v=type_v,
-                **kwargs,
-            )
-        except ModelError as e:
-            raise BenchError(str(e)) from None
-        try:
-            inf = runtime.info(llm)
-            full, local = runtime.kv_bytes(llm)
-            pp, tg = bench_loaded(llm, depths, n_pp=n_pp, n_tg=n_tg, reps=reps)
-        finally:
-            llm.close()
-        res = BenchResult(
-            label=cfg.label,
-            path=str(cfg.path),
-            sparsity=inf.sparsity if inf.enabled else None,
-            rlkv_enabled=inf.enabled,
-            n_full_heads=inf.n_full_total if inf.enabled else None,
-            n_heads=inf.n_layer * inf.n_head_kv,
-            kv_bytes_full=full,
-            kv_bytes_local=local,
-            n_ctx=n_ctx,
-        )
+    kwargs: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512}
+    if n_threads:
+        kwargs.update(n_threads=n_threads, n_threads_batch=n_threads)
+    results: list[BenchResult] = []
+    pp_runs: list[dict[int, list[float]]] = [{d: [] for d in depths} for _ in configs]
+    tg_runs: list[dict[int, list[float]]] = [{d: [] for d in depths} for _ in configs]
+    # Repetitions go round-robin over the configurations, so drift on a noisy machine hits all alike.
+    for rep in range(reps):
+        for i, cfg in enumerate(configs):
+            if log:
+                at = f" at s={cfg.sparsity:g}" if cfg.sparsity is not None else ""
+                log(f"{cfg.label}: loading {cfg.path.name}{at}" + (f" (rep {rep + 1}/{reps})" if reps > 1 else ""))
+            try:
+                llm = open_model(
+                    cfg.path,
+                    n_ctx=n_ctx,
+                    sparsity=cfg.sparsity,
+                    n_gpu_layers=n_gpu_layers,
+                    type_k=type_k,
+                    type_v=type_v,
+                    **kwargs,
+                )
+            except ModelError as e:
+                raise BenchError(str(e)) from None
+            try:
+                inf = runtime.info(llm)
+                full, local = runtime.kv_bytes(llm)
+                pp, tg = bench_loaded(llm, depths, n_pp=n_pp, n_tg=n_tg, reps=1)
+            finally:
+                llm.close()
+            for d in depths:
+                pp_runs[i][d] += pp[d]
+                tg_runs[i][d] += tg[d]
+            if rep == 0:
+                results.append(
+                    BenchResult(
+                        label=cfg.label,
+                        path=str(cfg.path),
+                        sparsity=inf.sparsity if inf.enabled else None,
+                        rlkv_enabled=inf.enabled,
+                        n_full_heads=inf.n_full_total if inf.enabled else None,
+                        n_heads=inf.n_layer * inf.n_head_kv,
+                        kv_bytes_full=full,
+                        kv_bytes_local=local,
+                        n_ctx=n_ctx,
+                    )
+                )
+            if log:
+                cells = ", ".join(
+                    [f"pp{n_pp}@{d} {pp[d][0]:.1f} t/s" for d in depths if pp[d]]
+                    + [f"tg{n_tg}@{d} {tg[d][0]:.1f} t/s" for d in depths if tg[d]]
+                )
+                log(f"{cfg.label}: KV {(full + local) / 2**20:.2f} MiB; {cells}")
+    for res, pp_r, tg_r in zip(results, pp_runs, tg_runs, strict=True):
         for d in depths:
-            if pp[d]:
-                res.pp[d], res.pp_std[d] = _mean_std(pp[d])
-            if tg[d]:
-                res.tg[d], res.tg_std[d] = _mean_std(tg[d])
-        results.append(res)
-        if log:
-            cells = ", ".join(
-                [f"pp{n_pp}@{d} {res.pp[d]:.1f} t/s" for d in depths if d in res.pp]
-                + [f"tg{n_tg}@{d} {res.tg[d]:.1f} t/s" for d in depths if d in res.tg]
-            )
-            log(f"{cfg.label}: KV {res.kv_mib:.2f} MiB; {cells}")
+            if pp_r[d]:
+                res.pp[d], res.pp_std[d] = _mean_std(pp_r[d])
+            if tg_r[d]:
+                res.tg[d], res.tg_std[d] = _mean_std(tg_r[d])
     return results
 
 
