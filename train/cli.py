@@ -104,6 +104,9 @@ def train(
     backend: str = typer.Option(_D.backend, help="Attention kernel: auto | reference | triton."),
     dtype: str = typer.Option(_D.dtype, help="auto | bfloat16 | float16 | float32."),
     chat: bool | None = typer.Option(None, help="Use the chat template (default: when the tokenizer has one)."),
+    prompt_template: str = typer.Option(
+        _D.prompt_template, help="User message around each problem; must contain {question}."
+    ),
 ) -> None:
     """Learn per-head scores with GRPO (RLKV) and write heads.json."""
     params = dict(locals())

@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rlkv_edge.train.data import PROMPT_TEMPLATE
+
 
 @dataclass
 class TrainConfig:
@@ -41,6 +43,7 @@ class TrainConfig:
     loss_type: str = "grpo"
     max_grad_norm: float = 1.0
     chat: bool | None = None
+    prompt_template: str = PROMPT_TEMPLATE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,6 +54,8 @@ class TrainConfig:
             raise ValueError("steps, prompts_per_step and micro_batch_size must be positive")
         if self.sink < 0 or self.window < 1:
             raise ValueError("sink must be >= 0 and window >= 1")
+        if "{question}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain {question}")
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError("tau must be in [0, 1] (it is compared with a mean 0/1 reward)")
 

@@ -132,6 +132,7 @@ def self_distill(
     conversational: bool = True,
     seed: int = 0,
     progress: Callable[[int, int, int], None] | None = None,
+    template: str = PROMPT_TEMPLATE,
 ) -> list[dict[str, str]]:
     """Greedy-decode with the unmodified model; keep solved problems, stratified by solution length."""
     import torch
@@ -142,7 +143,7 @@ def self_distill(
     try:
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
-            prompts = [make_prompt(p["question"], conversational) for p in batch]
+            prompts = [make_prompt(p["question"], conversational, template) for p in batch]
             if conversational:
                 texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
             else:

@@ -240,11 +240,12 @@ def train_heads(
             problems = self_distill(
                 model, tokenizer, problems, reward, parse_buckets(cfg.buckets),
                 max_new_tokens=cfg.distill_max_tokens, conversational=conversational, seed=cfg.seed,
+                template=cfg.prompt_template,
             )  # fmt: skip
             extra["self_distill"] = {"candidates": n_before, "kept": len(problems)}
             if not problems:
                 raise RuntimeError("self-distillation kept no problem: the model solved none of them greedily")
-        train_dataset = to_dataset(problems, conversational=conversational)
+        train_dataset = to_dataset(problems, conversational=conversational, template=cfg.prompt_template)
         extra["n_problems"] = len(problems)
     install_gates(model, sink=cfg.sink, window=cfg.window, backend=cfg.backend)
     trainer = RLKVGRPOTrainer(

@@ -1,0 +1,81 @@
+"""The key-recall task family, the showcase's comparison masks and the shipped default heads file."""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlkv_edge import tasks as T
+from rlkv_edge.heads import load_heads
+from rlkv_edge.masks import full_heads_per_layer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _showcase():
+    spec = importlib.util.spec_from_file_location("showcase", ROOT / "bench" / "showcase.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["showcase"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_problems_are_deterministic_and_train_eval_disjoint():
+    a = T.make_problems(50, T.TRAIN_SEED)
+    assert a == T.make_problems(50, T.TRAIN_SEED)
+    b = T.make_problems(50, T.EVAL_SEED)
+    assert not {p["question"] for p in a} & {p["question"] for p in b}
+    for p in a:
+        assert p["answer"].isdigit() and len(p["answer"]) == 4
+        assert f"is {p['answer']}." in p["question"]
+        # the only four-digit number in the prompt is the code, stated at the start
+        assert p["question"].index(p["answer"]) < 120
+        assert len(p["question"].split()) > 120
+
+
+def test_score_and_reward():
+    assert T.score_answer("The secret code of the red box is 4821. The farmer 1234", "4821") == 1.0
+    assert T.score_answer("It is 1234, not 4821", "4821") == 0.0
+    assert T.score_answer("no idea", "4821") == 0.0
+    assert T.score_answer("48210", "4821") == 0.0
+    comp = [[{"role": "assistant", "content": "Code: 4821"}], "7777"]
+    assert T.recall_reward(comp, ["4821", "4821"]) == [1.0, 0.0]
+
+
+def test_long_text_and_jsonl(tmp_path):
+    text = T.long_text(n_words=4400)
+    assert len(text.split()) > 4000 and text == T.long_text(n_words=4400)
+    out = T.write_jsonl(T.make_problems(3, 7), tmp_path / "p.jsonl")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 3 and set(rows[0]) == {"question", "answer"}
+    T.main([str(tmp_path / "q.jsonl"), "--n", "2", "--seed", "5"])
+    assert len((tmp_path / "q.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("s", [0.0, 0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0])
+def test_uniform_masks_are_per_layer_even(s):
+    sc = _showcase()
+    scores = sc.uniform_scores((30, 3), seed=0)
+    per_layer = full_heads_per_layer(scores, s)
+    assert per_layer.max() - per_layer.min() <= 1
+    r = sc.random_scores((30, 3), 1)
+    assert r.shape == (30, 3) and not np.array_equal(r, sc.random_scores((30, 3), 2))
+
+
+def test_default_heads_file_is_shipped_with_provenance():
+    p = Path(str(importlib.resources.files("rlkv_edge") / "data" / "default_heads.json"))
+    assert p.is_file(), "rlkv_edge/data/default_heads.json is not in the installed package"
+    h = load_heads(p)
+    assert h.scores.shape == (30, 3)
+    assert h.method == "rlkv-grpo"
+    assert h.model.get("architecture") == "llama"
+    tr = h.training
+    assert tr.get("steps_done", 0) >= 1 and "command" in tr and "reward" in tr
+    # learned, not constant
+    assert float(h.scores.max() - h.scores.min()) > 0
