@@ -13,11 +13,12 @@ PYTEST_ARGS ?= -m "not slow"
 STAMP := $(VENV)/.rlkv-installed
 SOURCES := $(shell git ls-files -co --exclude-standard rlkv_edge train convert native CMakeLists.txt pyproject.toml 2>/dev/null)
 
-.PHONY: help install _install test lint chat clean distclean
+.PHONY: help install _install test lint chat demo clean distclean
 
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
 	@echo "make test      install if needed, then ruff, mypy and pytest ($(PYTEST_ARGS))"
+	@echo "make demo      the whole pipeline on the bundled SmolLM2: short train -> convert -> eval -> chat -> table"
 	@echo "make chat      install if needed, then chat with the bundled model (CHAT_ARGS=... for options)"
 	@echo "make clean     remove build outputs and $(VENV) (the llama.cpp source cache is kept)"
 
@@ -52,6 +53,10 @@ test: lint
 # Chat with the bundled SmolLM2-135M-Instruct (converted with the default heads file on first use).
 chat: $(STAMP)
 	$(VENV)/bin/rlkv-edge chat $(CHAT_ARGS)
+
+# Short training run -> convert -> eval -> one-shot chat -> the quick showcase table (docs/RESULTS.md), in build/demo.
+demo: $(STAMP)
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) bench/showcase.py --demo build/demo
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -231,7 +231,7 @@ def summarize(rows: list[Row], s: float = 0.5) -> str:
 
 DEMO_TRAIN = [
     "--reward", "rlkv_edge.tasks:recall_reward", "--prompt-template", "{question}",
-    "--steps", "2", "--group-size", "4", "--prompts-per-step", "2", "--micro-batch-size", "8",
+    "--steps", "2", "--group-size", "4", "--prompts-per-step", "1", "--micro-batch-size", "4",
     "--max-completion-tokens", "16", "--temperature", "1.0", "--lr", "1e-2", "--beta", "1e-3", "--tau", "0.5",
     "--sink", "16", "--window", "64", "--backend", "reference", "--dtype", "float32", "--seed", "0",
     "--save-steps", "1000",
@@ -283,6 +283,53 @@ def demo(out_dir: Path, threads: int) -> int:
     return 0
 
 
+LOG_COLUMNS = (
+    ("step", "step"),
+    ("reward", "rewards/recall_reward/mean"),
+    ("reward_std", "reward_std"),
+    ("mean_gate", "rlkv/mean_gate"),
+    ("heads_below_half", "rlkv/heads_below_half"),
+    ("penalty_weight", "rlkv/penalty_weight"),
+    ("frac_reward_zero_std", "frac_reward_zero_std"),
+    ("grad_norm", "grad_norm"),
+    ("step_time_s", "step_time"),
+)
+
+
+def export_training_log(checkpoint: Path, csv_path: Path, png_path: Path | None) -> int:
+    """Per-step reward and mean gate from a checkpoint's trainer_state.json → CSV (+ plot)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    rows = [h for h in state["log_history"] if "rlkv/mean_gate" in h]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", encoding="utf-8") as f:
+        f.write(",".join(name for name, _ in LOG_COLUMNS) + "\n")
+        for h in rows:
+            reward = h.get("rewards/recall_reward/mean", h.get("reward"))
+            vals = [h.get(key) if name != "reward" else reward for name, key in LOG_COLUMNS]
+            f.write(",".join("" if v is None else f"{v:.6g}" for v in vals) + "\n")
+    if png_path is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [h["step"] for h in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+        ax.plot(steps, [h.get("rewards/recall_reward/mean", h.get("reward")) for h in rows], "o-", label="mean reward")
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel("mean reward (0/1)")
+        ax.set_ylim(-0.05, 1.05)
+        ax2 = ax.twinx()
+        ax2.plot(steps, [h["rlkv/mean_gate"] for h in rows], "s-", color="tab:red", label="mean gate α")
+        ax2.set_ylabel("mean gate α", color="tab:red")
+        fig.legend(loc="lower left", fontsize=8)
+        ax.set_title("rlkv-edge train on SmolLM2-135M-Instruct (key recall, CPU)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(png_path)
+    print(f"wrote {len(rows)} steps to {csv_path}" + (f" and {png_path}" if png_path else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heads", type=Path, default=None, help="heads file (default: the bundled default)")
@@ -298,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--demo", type=Path, default=None, metavar="DIR", help="run the `make demo` pipeline in DIR")
+    ap.add_argument("--training-log", type=Path, default=None, metavar="CHECKPOINT", help="export CSV + plot")
     args = ap.parse_args(argv)
+    if args.training_log is not None:
+        return export_training_log(args.training_log, Path("docs/training_log.csv"), Path("docs/training_log.png"))
     if args.demo is not None:
         return demo(args.demo, args.threads)
     q = args.quick

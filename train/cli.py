@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
+import sys
 import time
 from typing import Any
 
@@ -116,6 +118,7 @@ def train(
         raise typer.Exit(2)
     try:
         cfg = TrainConfig(**params)
+        cfg.extra["command"] = shlex.join(["rlkv-edge", "train", *sys.argv[1:]])
         cfg.grad_accum_steps()
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
