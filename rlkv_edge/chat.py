@@ -379,10 +379,8 @@ def chat(
         )
     except CliError as e:
         raise fail(str(e)) from None
-    if one_shot:
-        console = Console(highlight=False, soft_wrap=True)
-    else:
-        console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not one_shot:
         console.print(f"{Path(llm.model_path).name}: {describe(llm)}", style="dim", markup=False)
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
