@@ -233,7 +233,7 @@ def summarize(rows: list[Row], s: float = 0.5) -> str:
 DEMO_TRAIN = [
     "--reward", "rlkv_edge.tasks:recall_reward", "--prompt-template", "{question}",
     "--steps", "2", "--group-size", "4", "--prompts-per-step", "1", "--micro-batch-size", "4",
-    "--max-completion-tokens", "16", "--temperature", "1.0", "--lr", "1e-2", "--beta", "1e-3", "--tau", "0.5",
+    "--max-completion-tokens", "16", "--temperature", "0.7", "--lr", "1e-2", "--beta", "1e-3", "--tau", "0.5",
     "--sink", "16", "--window", "64", "--backend", "reference", "--dtype", "float32", "--seed", "0",
     "--save-steps", "1000",
 ]  # fmt: skip
