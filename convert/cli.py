@@ -24,7 +24,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def convert(
-    model: Annotated[Path, typer.Argument(help="Input GGUF (llama, qwen2, qwen3, mistral).", show_default=False)],
+    model: Annotated[Path, typer.Argument(help="Input GGUF (llama, qwen2, qwen3, mistral3).", show_default=False)],
     mask: Annotated[Path, typer.Option("--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output GGUF (default: <stem>.rlkv.gguf).")

@@ -11,7 +11,9 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderField
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
+# The architectures the patched runtime supports (native/rlkv/rlkv-meta.cpp). llama.cpp 0c1e57098 has no
+# plain "mistral" architecture: Mistral 7B GGUFs are "llama"; "mistral3" is Mistral Small 3.x.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral3")
 RLKV_PREFIX = "rlkv."
 
 

@@ -196,7 +196,7 @@ def assert_exact_reorder(src: Path, dst: Path) -> None:
 @pytest.mark.parametrize("qtype", [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_1])
 @pytest.mark.parametrize(
     ("arch", "extra"),
-    [("llama", {}), ("qwen2", {"bias": True}), ("qwen3", {"qk_norm": True}), ("mistral", {})],
+    [("llama", {}), ("qwen2", {"bias": True}), ("qwen3", {"qk_norm": True}), ("mistral3", {})],
 )
 def test_reorder_is_exact(tmp_path: Path, arch: str, extra: dict[str, bool], qtype: T) -> None:
     """Every head-dependent tensor is re-ordered by byte moves and undoes exactly; the rest is untouched."""
