@@ -79,3 +79,14 @@ def test_default_heads_file_is_shipped_with_provenance():
     assert tr.get("steps_done", 0) >= 1 and "command" in tr and "reward" in tr
     # learned, not constant
     assert float(h.scores.max() - h.scores.min()) > 0
+
+
+def test_train_prompt_template_option():
+    from rlkv_edge.train.config import TrainConfig
+    from rlkv_edge.train.data import PROMPT_TEMPLATE, make_prompt
+
+    assert TrainConfig(model="m").prompt_template == PROMPT_TEMPLATE
+    cfg = TrainConfig(model="m", prompt_template="{question}")
+    assert make_prompt("Q?", True, cfg.prompt_template) == [{"role": "user", "content": "Q?"}]
+    with pytest.raises(ValueError, match="question"):
+        TrainConfig(model="m", prompt_template="no placeholder")
