@@ -7,6 +7,7 @@ Ctrl-C stops the answer being written, not the program; `<think>` sections are s
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -305,6 +306,9 @@ def read_input(prompt: str = ">>> ", more: str = "... ") -> str | None:
 def repl(session: ChatSession) -> None:
     """The interactive loop."""
     console = session.console
+    # A process started in the background by a non-interactive shell inherits SIGINT as ignored, and
+    # Python then never raises KeyboardInterrupt: make Ctrl-C stop answers wherever we were started from.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     console.print("Type a message, /help for commands, /exit to quit.", style="dim", highlight=False)
     while True:
         try:

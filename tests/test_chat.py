@@ -156,6 +156,10 @@ def test_chat_repl_under_a_pty(smol_rlkv: Path) -> None:
         child.sendline('"""')
         child.sendline("Write a very long story about a dragon, with many chapters.")
         child.sendline('"""')
+        # The pty echoes what we type: wait for the echo of the closing delimiter, so that the \w{3} below
+        # matches the streamed answer and Ctrl-C is sent during generation, not while input is read.
+        child.expect(r"many chapters\.")
+        child.expect('"""')
         child.expect(re.compile(r"\w{3}"))  # some of the answer has arrived
         child.sendintr()  # Ctrl-C stops the answer, not the program
         child.expect(r"\[stopped\]")
