@@ -126,14 +126,6 @@ def write_jsonl(problems: Iterable[dict[str, str]], path: str | Path) -> Path:
 _CODE = re.compile(r"(?<!\d)\d{4}(?!\d)")
 
 
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
-    return str(completion)
-
-
 def score_answer(text: str, answer: str) -> float:
     """1.0 when the first four-digit number in text is the answer, else 0.0.
 
@@ -146,7 +138,9 @@ def score_answer(text: str, answer: str) -> float:
 
 def recall_reward(completions: list[Any], answer: list[Any], **_: Any) -> list[float]:
     """TRL reward: 0/1 correctness of each completion (its first four-digit number is the stated code)."""
-    return [score_answer(_completion_text(c), str(a)) for c, a in zip(completions, answer, strict=True)]
+    from rlkv_edge.train.rewards import completion_text  # a reward runs in training: the train extra is there
+
+    return [score_answer(completion_text(c), str(a)) for c, a in zip(completions, answer, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:
