@@ -20,26 +20,12 @@ from gguf_fixtures import write_tiny_gguf
 from rlkv_edge.convert import ConvertError, convert_gguf, default_output, read_rlkv_info
 from rlkv_edge.convert.cli import convert as convert_cmd
 from rlkv_edge.convert.cli import inspect_cmd
+from rlkv_edge.convert.ggml_quants import quantize as ggml_quantize
 from typer.testing import CliRunner
 
 from rlkv_edge.heads import HeadScores, save_heads
 
 # ---------------------------------------------------------------- tiny GGUFs written with gguf-py
-
-
-def _kquant_bytes(rng: np.random.Generator, rows: int, cols: int, qtype: T) -> np.ndarray:
-    """Random but valid K-quant blocks (finite scales) for a [rows, cols] weight."""
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    data = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
-    d = np.frombuffer(np.float16(0.002).tobytes(), dtype=np.uint8)
-    if qtype == T.Q4_K:  # d, dmin (f16) lead the block
-        data[..., 0:2] = d
-        data[..., 2:4] = d
-    elif qtype == T.Q6_K:  # d (f16) ends the block
-        data[..., size - 2 : size] = d
-    else:
-        raise ValueError(qtype)
-    return data.reshape(rows, cols // block * size)
 
 
 def _encode(rng: np.random.Generator, shape: tuple[int, ...], qtype: T) -> tuple[np.ndarray, T]:
@@ -49,9 +35,7 @@ def _encode(rng: np.random.Generator, shape: tuple[int, ...], qtype: T) -> tuple
         return a, T.F32
     if qtype == T.F16:
         return a.astype(np.float16), T.F16
-    if qtype in (T.Q4_K, T.Q6_K):
-        return _kquant_bytes(rng, shape[0], shape[1], qtype), qtype
-    return gq.quantize(a, qtype), qtype
+    return ggml_quantize(a, qtype), qtype  # ggml's own quantizer: K-quants included
 
 
 def make_gguf(
