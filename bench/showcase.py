@@ -40,7 +40,7 @@ from rlkv_edge.convert import convert_gguf
 
 from rlkv_edge import tasks as T
 from rlkv_edge.bench import BenchConfig, run_bench
-from rlkv_edge.evaluate import compare_logprobs
+from rlkv_edge.evaluate import Task, compare_logprobs, run_tasks, text_logprobs
 from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.masks import full_heads_per_layer
 from rlkv_edge.models import bundled_model_path, default_heads_path, open_model
@@ -89,29 +89,11 @@ def uniform_scores(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def chat_answer(llm: Any, question: str, max_tokens: int) -> str:
-    """Greedy answer to one problem through the model's chat template (the training prompt: the question)."""
-    llm.reset()
-    r = llm.create_chat_completion(
-        messages=[{"role": "user", "content": question}], temperature=0.0, max_tokens=max_tokens, seed=0
-    )
-    return str(r["choices"][0]["message"]["content"] or "")
-
-
-def task_accuracy(llm: Any, problems: list[dict[str, str]], max_tokens: int) -> tuple[int, list[str]]:
-    """Number of problems answered correctly, and the answers."""
-    answers = [chat_answer(llm, p["question"], max_tokens) for p in problems]
-    ok = sum(int(T.score_answer(a, p["answer"])) for a, p in zip(answers, problems, strict=True))
-    return ok, answers
-
-
-def text_logprobs(llm: Any, tokens: list[int]) -> np.ndarray:
-    """log softmax of the next-token logits at every position (llm built with logits_all)."""
-    llm.reset()
-    llm.eval(tokens)
-    x = np.asarray(llm.scores[: len(tokens)], dtype=np.float32)
-    x = x - x.max(axis=1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+def task_accuracy(llm: Any, problems: list[dict[str, str]], max_tokens: int) -> int:
+    """Problems answered correctly: the question alone through the chat template (as in training), greedy."""
+    tasks = [Task(p["question"], p["answer"]) for p in problems]
+    res = run_tasks(llm, tasks, max_tokens=max_tokens, label="", sparsity=None, system=None, reward=T.recall_reward)
+    return sum(int(o["correct"]) for o in res.outputs)
 
 
 def kv_mib(path: Path, sparsity: float, threads: int) -> float:
@@ -158,7 +140,7 @@ def evaluate_config(
     """(correct answers, text logprobs, mean KL, top-1 agreement) of one model at one sparsity."""
     llm = open_model(path, n_ctx=max(len(tokens), 512) + 16, sparsity=s, n_threads=args.threads)
     try:
-        ok, _ = task_accuracy(llm, problems, args.max_tokens)
+        ok = task_accuracy(llm, problems, args.max_tokens)
     finally:
         llm.close()
     llm = open_model(path, n_ctx=len(tokens) + 16, sparsity=s, n_threads=args.threads, logits_all=True)

@@ -2,7 +2,9 @@
 
 * `--tasks FILE.jsonl` (one `{"prompt": ..., "answer": ...}` per line) or `--tasks reasoning-gym:NAME`:
   greedy answers through the model's chat template; accuracy, mean output length in tokens and the
-  share of answers cut off by `--max-tokens`.
+  share of answers cut off by `--max-tokens`. By default a system prompt asks for a final
+  'Answer: ...' line and that answer is scored; `--system ""` sends the prompt alone and `--reward`
+  scores the whole answer with a training reward (`exact`, `math` or `module:function`).
 * `--text FILE`: next-token distributions over the text; mean KL(uncompressed ‖ compressed) and top-1
   agreement. The baseline is the same file at s = 0 (every head full), so KL at s = 0 is exactly 0.
 """
@@ -20,6 +22,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+
+from rlkv_edge.train.rewards import RewardFn, get_reward
 
 SYSTEM_PROMPT = (
     "Solve the problem. Think step by step if needed, then give the final answer on the last line as "
@@ -134,8 +138,10 @@ def _norm(s: str) -> str:
     return re.sub(r"\s+", " ", s.strip().strip("$").strip().rstrip(".")).lower()
 
 
-def is_correct(output: str, task: Task) -> bool:
-    """Scored by the task's own scorer, else exact match after normalising (numbers compared as numbers)."""
+def is_correct(output: str, task: Task, reward: RewardFn | None = None) -> bool:
+    """Scored by `reward` on the whole output, else the task's own scorer, else exact match (numbers as numbers)."""
+    if reward is not None:
+        return float(reward([output], [task.answer])[0]) >= 1.0
     got = extract_answer(output)
     if task.score is not None:
         return task.score(got) >= 1.0
@@ -151,20 +157,30 @@ def is_correct(output: str, task: Task) -> bool:
     return False
 
 
-def run_tasks(llm: Any, tasks: Sequence[Task], *, max_tokens: int, label: str, sparsity: float | None) -> TaskResult:
-    """Greedy answers to every task with the model's chat template."""
+def run_tasks(
+    llm: Any,
+    tasks: Sequence[Task],
+    *,
+    max_tokens: int,
+    label: str,
+    sparsity: float | None,
+    system: str | None = SYSTEM_PROMPT,
+    reward: RewardFn | None = None,
+) -> TaskResult:
+    """Greedy answers to every task with the model's chat template (and `system` as the system prompt)."""
     outputs = []
     n_ok = n_cut = n_tok = 0
     for t in tasks:
         llm.reset()
+        messages = [{"role": "system", "content": system}] if system else []
         r = llm.create_chat_completion(
-            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": t.prompt}],
+            messages=[*messages, {"role": "user", "content": t.prompt}],
             temperature=0.0,
             max_tokens=max_tokens,
             seed=0,
         )
         text = r["choices"][0]["message"]["content"] or ""
-        ok = is_correct(text, t)
+        ok = is_correct(text, t, reward)
         cut = r["choices"][0].get("finish_reason") == "length"
         n_ok += ok
         n_cut += cut
@@ -197,6 +213,14 @@ def compare_logprobs(base: np.ndarray, other: np.ndarray, chunk: int = 256) -> t
     return kl_sum / len(base), agree / len(base)
 
 
+def load_reward(spec: str) -> RewardFn:
+    """A training reward by name or `module:function` (see `rlkv-edge train --reward`), as an EvalError."""
+    try:
+        return get_reward(spec)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise EvalError(f"--reward {spec}: {e}") from None
+
+
 def _configs(path: Path, info: dict[str, Any], sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
     if sparsities and not info.get("converted"):
         raise EvalError(f"{path} has no rlkv metadata; run `rlkv-edge convert` on it first")
@@ -218,6 +242,8 @@ def evaluate(
     limit: int | None = None,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
+    system: str | None = SYSTEM_PROMPT,
+    reward: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the task and/or text evaluation for no compression and each sparsity; a JSON-ready dict."""
@@ -233,6 +259,7 @@ def evaluate(
         raise EvalError(str(e)) from None
     configs = _configs(model, info, sparsities)
     task_list = load_tasks(tasks, limit) if tasks else []
+    reward_fn = load_reward(reward) if reward else None
     text_str = None
     if text is not None:
         try:
@@ -263,7 +290,9 @@ def evaluate(
             raise EvalError(str(e)) from None
         try:
             if task_list:
-                tr = run_tasks(llm, task_list, max_tokens=max_tokens, label=label, sparsity=s)
+                tr = run_tasks(
+                    llm, task_list, max_tokens=max_tokens, label=label, sparsity=s, system=system, reward=reward_fn
+                )
                 task_results.append(tr)
                 if log:
                     log(
@@ -287,6 +316,8 @@ def evaluate(
     if task_results:
         out["tasks"] = {
             "source": tasks,
+            "system": system,
+            "reward": reward,
             "max_tokens": max_tokens,
             "results": [tr.__dict__ for tr in task_results],
         }
@@ -344,6 +375,18 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     n_gpu_layers: Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers on the GPU.")] = 0,
+    system: Annotated[
+        str,
+        typer.Option("--system", help="System prompt for --tasks ('' sends the task prompt alone)."),
+    ] = SYSTEM_PROMPT,
+    reward: Annotated[
+        str | None,
+        typer.Option(
+            "--reward",
+            help="Score the whole answer with a training reward: exact, math or module:function "
+            "(default: the final answer line against 'answer').",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Accuracy and next-token agreement at each sparsity against the same model without compression."""
@@ -366,6 +409,8 @@ def eval_cmd(
             limit=limit,
             n_threads=threads,
             n_gpu_layers=n_gpu_layers,
+            system=system or None,
+            reward=reward,
             log=None if as_json else (lambda m: typer.echo(m, err=True)),
         )
     except Exception as e:

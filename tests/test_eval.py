@@ -115,3 +115,65 @@ def test_eval_missing_inputs(tiny: Path, tmp_path: Path) -> None:
         assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("eval", str(tmp_path / "missing.gguf"), "--text", str(tmp_path))
     assert r.returncode != 0 and "model file not found" in r.stderr
+
+
+class _RecordingLlm:
+    """Stands in for llama_cpp.Llama: records the messages and answers with a fixed text."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.messages = text, []
+
+    def reset(self) -> None:
+        pass
+
+    def create_chat_completion(self, messages: list, **_: object) -> dict:
+        self.messages.append(messages)
+        usage = {"completion_tokens": 3}
+        return {"choices": [{"message": {"content": self.text}, "finish_reason": "stop"}], "usage": usage}
+
+
+def test_run_tasks_system_prompt_and_whole_answer_reward() -> None:
+    from rlkv_edge import tasks as T
+    from rlkv_edge.evaluate import SYSTEM_PROMPT, Task, run_tasks
+
+    task = Task("What is the code?", "4821")
+    llm = _RecordingLlm("The code is 4821.\nIt was stated before the story.")
+    default = run_tasks(llm, [task], max_tokens=8, label="x", sparsity=None)
+    assert llm.messages[0][0] == {"role": "system", "content": SYSTEM_PROMPT}
+    assert default.accuracy == 0.0  # the last-line scorer reads "It was stated before the story."
+    whole = run_tasks(llm, [task], max_tokens=8, label="x", sparsity=None, system=None, reward=T.recall_reward)
+    assert llm.messages[1] == [{"role": "user", "content": "What is the code?"}]
+    assert whole.accuracy == 1.0
+    wrong = _RecordingLlm("It is 4812.")
+    assert run_tasks(wrong, [task], max_tokens=8, label="x", sparsity=None, reward=T.recall_reward).accuracy == 0.0
+
+
+def test_eval_bad_reward_one_line(tiny: Path, tmp_path: Path) -> None:
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text('{"prompt": "a", "answer": "b"}\n')
+    for spec in ("no_such_reward", "rlkv_edge.tasks:no_such_function", "no_such_module:f"):
+        r = run_cli("eval", str(tiny), "--tasks", str(tasks), "--reward", spec)
+        assert r.returncode != 0 and r.stderr.startswith("rlkv-edge: error: --reward"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_key_recall_whole_answer_on_smollm2(tmp_path: Path) -> None:
+    """The showcase task through `eval`: the full cache recalls the code, all-local heads (S+W=80) cannot."""
+    from gguf_fixtures import smollm2_path
+    from rlkv_edge.convert import convert_gguf
+
+    from rlkv_edge import tasks as T
+    from rlkv_edge.heads import load_heads
+    from rlkv_edge.models import default_heads_path
+
+    model = tmp_path / "smollm2.rlkv.gguf"
+    convert_gguf(smollm2_path(), load_heads(default_heads_path()), model, progress=False)
+    problems = tmp_path / "recall.jsonl"
+    T.write_jsonl(T.make_problems(3, T.EVAL_SEED), problems)
+    args = ["--tasks", str(problems), "-s", "1", "--max-tokens", "16", "--ctx", "512", "-t", "2", "--json"]
+    r = run_cli("eval", str(model), *args, "--system", "", "--reward", "rlkv_edge.tasks:recall_reward")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    acc = {x["label"]: x["accuracy"] for x in out["tasks"]["results"]}
+    assert acc == {"none": 1.0, "s=1": 0.0}
+    assert out["tasks"]["system"] is None and out["tasks"]["reward"] == "rlkv_edge.tasks:recall_reward"
