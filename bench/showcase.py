@@ -221,6 +221,10 @@ DEMO_TRAIN = [
 ]  # fmt: skip
 
 
+# the held-out problems as the training reward scores them: the question alone, the whole answer scored
+EVAL_TASK_ARGS = ["--system", "", "--reward", "rlkv_edge.tasks:recall_reward", "-s", "0.5", "--max-tokens", "16"]
+
+
 def demo(out_dir: Path, threads: int) -> int:
     """`make demo`: a short training run → convert → eval → a one-shot chat answer → the quick table.
 
@@ -237,9 +241,11 @@ def demo(out_dir: Path, threads: int) -> int:
     heads, model = out_dir / "heads.json", out_dir / "model.rlkv.gguf"
     (out_dir / "long_text.txt").write_text(T.long_text(n_words=1200), encoding="utf-8")
     T.write_jsonl(T.make_problems(32, T.TRAIN_SEED), out_dir / "train.jsonl")
+    T.write_jsonl(T.make_problems(6, T.EVAL_SEED), out_dir / "eval.jsonl")
     print(f"wrote 32 training problems (seed {T.TRAIN_SEED}) and a long text to {out_dir}")
     question = T.make_problems(1, T.EVAL_SEED + 1)[0]["question"]
     text, jsonl, ckpt = str(out_dir / "long_text.txt"), str(out_dir / "train.jsonl"), str(out_dir / "ckpt")
+    evals = str(out_dir / "eval.jsonl")
     th = ["--threads", str(threads)]
     steps = [
         (
@@ -247,7 +253,7 @@ def demo(out_dir: Path, threads: int) -> int:
             [*cli, "train", str(src), "--dataset", jsonl, "--out", str(heads), "--output-dir", ckpt, *DEMO_TRAIN],
         ),
         ("convert", [*cli, "convert", str(src), "--mask", str(heads), "--output", str(model), "--force"]),
-        ("eval", [*cli, "eval", str(model), "--text", text, "--sparsity", "0.5", "--ctx", "1024", *th]),
+        ("eval", [*cli, "eval", str(model), "--text", text, "--tasks", evals, *EVAL_TASK_ARGS, "--ctx", "1024", *th]),
         (
             "chat",
             [*cli, "chat", str(model), "--prompt", question, "--temperature", "0", "--seed", "0", "-n", "24", *th],
