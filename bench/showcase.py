@@ -191,7 +191,35 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     summary = meta.get("summary")
     if summary:
         lines += ["", summary]
+    by_s = summary_by_sparsity(rows)
+    if by_s:
+        lines += ["", by_s]
     return "\n".join(lines)
+
+
+def summary_by_sparsity(rows: list[Row]) -> str:
+    """Learned vs the random masks (mean and per seed) and the per-layer-uniform mask, one line per s."""
+    lines = [
+        "| s | learned acc. | random acc. (mean; per seed) | uniform acc. | learned KL | random KL (mean; per seed) "
+        "| learned / random KL |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in sorted({r.sparsity for r in rows if r.mask == "learned"}):
+        at = [r for r in rows if r.sparsity == s]
+        learned = next(r for r in at if r.mask == "learned")
+        rand = [r for r in at if r.mask.startswith("random")]
+        uni = next((r for r in at if r.mask == "uniform"), None)
+        if not rand or learned.accuracy is None or learned.mean_kl is None:
+            continue
+        accs = [100 * (r.accuracy or 0.0) for r in rand]
+        kls = [r.mean_kl or 0.0 for r in rand]
+        uni_acc = "–" if uni is None or uni.accuracy is None else f"{100 * uni.accuracy:.1f}%"
+        lines.append(
+            f"| {s:g} | {100 * learned.accuracy:.1f}% | {np.mean(accs):.1f}% ({', '.join(f'{a:.1f}' for a in accs)}) "
+            f"| {uni_acc} | {learned.mean_kl:.4f} | {np.mean(kls):.4f} ({', '.join(f'{k:.4f}' for k in kls)}) "
+            f"| {learned.mean_kl / np.mean(kls):.2f} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def summarize(rows: list[Row], s: float = 0.5) -> str:
@@ -337,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masks", default=None, help="only measure these masks (comma-separated; cached rows still shown)")
     ap.add_argument("--demo", type=Path, default=None, metavar="DIR", help="run the `make demo` pipeline in DIR")
     ap.add_argument("--training-log", type=Path, default=None, metavar="CHECKPOINT", help="export CSV + plot")
+    ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="print the tables of a results file")
     args = ap.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        print(markdown([Row(**r) for r in saved["rows"]], saved))
+        return 0
     if args.training_log is not None:
         return export_training_log(args.training_log, Path("docs/training_log.csv"), Path("docs/training_log.png"))
     if args.demo is not None:

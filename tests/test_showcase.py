@@ -90,3 +90,24 @@ def test_train_prompt_template_option():
     assert make_prompt("Q?", True, cfg.prompt_template) == [{"role": "user", "content": "Q?"}]
     with pytest.raises(ValueError, match="question"):
         TrainConfig(model="m", prompt_template="no placeholder")
+
+
+def test_summary_by_sparsity_and_render(tmp_path, capsys):
+    sc = _showcase()
+    R = sc.Row
+    rows = [
+        R("full cache", 0.0, 90, 1.0, 30, 0.0, 1.0),
+        R("learned", 0.5, 45, 1.0, 30, 0.2),
+        R("random-0", 0.5, 45, 0.0, 0, 0.9),
+        R("random-1", 0.5, 45, 0.5, 15, 0.3),
+        R("uniform", 0.5, 45, 0.25, 8, 0.6),
+    ]
+    table = sc.summary_by_sparsity(rows)
+    assert "| 0.5 | 100.0% | 25.0% (0.0, 50.0) | 25.0% | 0.2000 | 0.6000 (0.9000, 0.3000) | 0.33 |" in table
+    meta = {"n_problems": 30, "text_tokens": 4096, "sink": 16, "window": 64, "bench_depth": 6144}
+    meta["summary"] = sc.summarize(rows)
+    assert "+75.0 points" in meta["summary"] and "= 0.33" in meta["summary"]
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps({**meta, "rows": [r.__dict__ for r in rows]}))
+    assert sc.main(["--render", str(saved)]) == 0
+    assert table in capsys.readouterr().out
