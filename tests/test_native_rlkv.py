@@ -778,3 +778,36 @@ def test_smollm2_kv_bytes_and_generation(smollm2_rlkv, no_extra_bufts):
     # short prompts (inside the window) give the same greedy text as the file without metadata
     ref = plain.create_completion("The capital of France is", max_tokens=16, temperature=0.0)["choices"][0]["text"]
     assert text == ref
+
+
+def test_smollm2_quantized_kv_cache(smollm2_rlkv, no_extra_bufts):
+    """q8_0 / q4_0 K and V caches work in both the full and the local (ring) cache: bytes scale by the type,
+    and q8_0 costs the same KL at s = 0.5 as at s = 0 (the ring wraps: 1100 tokens > 1024 ring cells)."""
+    from rlkv_edge import tasks as T
+    from rlkv_edge.evaluate import compare_logprobs, text_logprobs
+
+    _, dst, _ = smollm2_rlkv
+    f16_bytes = {}
+    for s in (0.0, 0.5):
+        for tk, per_elt in (("f16", 2.0), ("q8_0", 34 / 32), ("q4_0", 18 / 32)):
+            llm = runtime.load(dst, n_ctx=2048, type_k=tk, type_v=tk, n_threads=2, sparsity=s)
+            full_b, local_b = kv_bytes(llm)
+            assert kv_cells(llm) == ((2048, 0) if s == 0 else (2048, 1024))
+            llm.close()
+            f16_bytes.setdefault(s, (full_b + local_b) / 2.0)
+            assert full_b + local_b == pytest.approx(f16_bytes[s] * per_elt, rel=1e-6), (s, tk)
+    lp = {}
+    for s in (0.0, 0.5):
+        for tk in ("f16", "q8_0"):
+            llm = runtime.load(dst, n_ctx=2048, type_k=tk, type_v=tk, n_threads=2, sparsity=s, logits_all=True)
+            tokens = llm.tokenize(T.long_text(n_words=1200).encode(), add_bos=True)[:1100]
+            lp[(tk, s)] = text_logprobs(llm, tokens)
+            llm.close()
+    assert len(tokens) == 1100
+    kl_quant_s0, _ = compare_logprobs(lp[("f16", 0.0)], lp[("q8_0", 0.0)])
+    kl_quant_s50, top1 = compare_logprobs(lp[("f16", 0.5)], lp[("q8_0", 0.5)])
+    kl_local, _ = compare_logprobs(lp[("f16", 0.0)], lp[("f16", 0.5)])
+    assert 0 < kl_quant_s0 < 0.01 and top1 > 0.95
+    assert kl_quant_s50 < 1.5 * kl_quant_s0 + 1e-3  # quantizing the split caches adds no error of its own
+    print(f"KL q8_0 vs f16: s=0 {kl_quant_s0:.5f}, s=0.5 {kl_quant_s50:.5f}; local rule {kl_local:.4f}")
+    assert kl_local > 10 * kl_quant_s50  # and the local rule is really in effect
