@@ -125,6 +125,7 @@ def _render(info: dict[str, Any], mem: dict[str, Any], plot: Path | None) -> str
     lines += [
         f"sparsity      {mem['sparsity']:g}: {mem['n_full']} of {n_heads} heads full",
         "F_l           " + " ".join(str(f) for f in f_l),
+        *([f"tie           {mem['tie']}"] if mem.get("tie") else []),
         f"KV @ {mem['n_ctx']:<8} {_mib(mem['kv_bytes_uncompressed'])} uncompressed -> "
         f"{_mib(mem['kv_bytes_compressed'])} with rlkv ({mem['ratio']:.1%}; full cache "
         f"{_mib(mem['kv_bytes_full_cache'])}, local ring of {mem['ring_cells']} cells "

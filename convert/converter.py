@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderTensor
 
 from rlkv_edge.heads import HeadScores
-from rlkv_edge.masks import n_full_heads
+from rlkv_edge.masks import describe_tie, n_full_heads
 
 from .model import RLKV_PREFIX, ConvertError, ModelInfo, has_rlkv, model_info, open_gguf, stored_perm
 from .reorder import (
@@ -79,6 +79,9 @@ class ConvertReport:
             f"sparsity {self.sparsity:g}: {self.n_full} of {self.n_layer * self.n_head_kv} heads full; "
             f"sink {self.sink_size}, window {self.window_size}",
         ]
+        tie = describe_tie(self.head_scores.reshape(self.n_layer, self.n_head_kv), self.sparsity)
+        if tie:
+            lines.append(f"warning: {tie}")
         for r in self.reencoded:
             lines.append(
                 f"re-encoded {r.name}: {r.old_type} -> {r.new_type} ({r.old_bytes} -> {r.new_bytes} bytes, "

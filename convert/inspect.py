@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from rlkv_edge.masks import full_heads_per_layer
+from rlkv_edge.masks import describe_tie, full_heads_per_layer
 
 from .model import ConvertError, field_array, field_value, model_info, open_gguf, stored_perm
 
@@ -129,6 +129,7 @@ def kv_memory(
         "ratio": (full_part + local_part) / full_bytes if full_bytes else 1.0,
         "assumption": f"ring = min(n_ctx, pad{CELL_PAD}(S + W + n_ubatch={n_ubatch})) cells; "
         f"K {type_k}, V {type_v}; one sequence",
+        "tie": describe_tie(scores, sparsity) if info.get("head_scores") is not None else None,
     }
 
 

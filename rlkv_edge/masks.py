@@ -1,6 +1,6 @@
 """The mask rule (DESIGN.md §2): which heads keep a full KV cache at a given sparsity.
 
-The same rule is implemented in C++ (native/rlkv/rlkv-meta.cpp); tests/test_masks.py checks that both agree.
+The same rule is implemented in C++ (native/rlkv/rlkv-meta.cpp); tests/test_native_rlkv.py checks that both agree.
 """
 
 from __future__ import annotations
@@ -35,3 +35,35 @@ def full_head_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
 def full_heads_per_layer(scores: np.ndarray, sparsity: float) -> np.ndarray:
     """F_l: the number of full heads in each layer at the given sparsity."""
     return full_head_mask(scores, sparsity).sum(axis=1).astype(np.int64)
+
+
+def boundary_tie(scores: np.ndarray, sparsity: float) -> tuple[int, int, float] | None:
+    """(heads tied, how many of them are full, their score) when equal scores straddle the full/local cut.
+
+    The mask rule then picks among them by layer order alone (DESIGN.md §2), which says nothing about which
+    heads matter: worth a warning (e.g. gates clamped at 1.0 after a short training run).
+    """
+    flat = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n_layer, n_head_kv = np.shape(scores)
+    k_full = n_full_heads(sparsity, n_layer, n_head_kv)
+    if k_full == 0 or k_full == flat.size:
+        return None
+    ranked = np.sort(flat)[::-1]
+    if ranked[k_full - 1] != ranked[k_full]:
+        return None
+    value = float(ranked[k_full])
+    n_tied = int((flat == value).sum())
+    n_full = k_full - int((flat > value).sum())
+    return n_tied, n_full, value
+
+
+def describe_tie(scores: np.ndarray, sparsity: float) -> str | None:
+    """One line about a boundary tie (see boundary_tie), or None."""
+    tie = boundary_tie(scores, sparsity)
+    if tie is None:
+        return None
+    n_tied, n_full, value = tie
+    return (
+        f"{n_tied} heads share score {value:g} at the cut: {n_full} of them are full, picked by layer order, "
+        "not by the scores"
+    )

@@ -152,3 +152,30 @@ def test_smollm2_convert_and_inspect(tmp_path: Path) -> None:
     info = read_rlkv_info(tmp_path / "smol.rlkv.gguf")
     np.testing.assert_array_equal(np.asarray(info["scores"], dtype=np.float32), heads.scores)
     assert (info["n_layer"], info["n_head"], info["n_head_kv"], info["head_dim_k"]) == (30, 9, 3, 64)
+
+
+def test_boundary_tie() -> None:
+    """Equal scores straddling the full/local cut are reported; ties away from the cut are not."""
+    from rlkv_edge.masks import boundary_tie, describe_tie
+
+    scores = np.array([[1.0, 1.0, 0.2], [1.0, 0.9, 0.1]], dtype=np.float32)  # three heads at 1.0
+    assert boundary_tie(scores, 0.5) is None  # k_full = 3: every tied head is full, the cut is below them
+    assert boundary_tie(scores, 4 / 6) == (3, 2, 1.0)  # k_full = 2 of the 3 tied heads
+    assert "3 heads share score 1 at the cut: 2 of them are full" in (describe_tie(scores, 4 / 6) or "")
+    assert boundary_tie(scores, 0.0) is None and boundary_tie(scores, 1.0) is None
+    assert describe_tie(np.array([[0.9, 0.8], [0.7, 0.6]]), 0.5) is None
+
+
+def test_tie_warning_in_convert_and_inspect(tmp_path: Path) -> None:
+    """convert and inspect warn when the mask rule has to pick among tied heads by layer order."""
+    src = make_gguf(tmp_path / "m.gguf", n_layer=2, n_head=4, n_head_kv=2, head_dim=16)
+    heads = HeadScores(np.array([[1.0, 0.3], [1.0, 1.0]], np.float32), sink_size=16, window_size=32)
+    save_heads(heads, tmp_path / "heads.json")
+    runner = CliRunner()
+    r = runner.invoke(_app(), ["convert", str(src), "-m", str(tmp_path / "heads.json"), "-s", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert "warning: 3 heads share score 1 at the cut: 2 of them are full" in r.output
+    r = runner.invoke(_app(), ["inspect", str(tmp_path / "m.rlkv.gguf"), "-s", "0.5", "--json"])
+    assert json.loads(r.stdout)["memory"]["tie"].startswith("3 heads share score 1")
+    r = runner.invoke(_app(), ["inspect", str(tmp_path / "m.rlkv.gguf"), "-s", "0.25"])
+    assert r.exit_code == 0 and "\ntie " not in r.stdout and "share score" not in r.stdout  # k_full = 3: all full
