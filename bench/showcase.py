@@ -31,7 +31,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class Row:
     top1: float | None = None
     kv_mib: float | None = None
     tg_speedup: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def random_scores(shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -197,6 +196,22 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def against_random(rows: list[Row], s: float) -> tuple[Row, list[Row], Row | None] | None:
+    """(learned, random masks, uniform mask) measured at s, or None when there is nothing to compare."""
+    at = [r for r in rows if r.sparsity == s]
+    learned = next((r for r in at if r.mask == "learned"), None)
+    rand = [r for r in at if r.mask.startswith("random")]
+    if learned is None or not rand or learned.accuracy is None:
+        return None
+    return learned, rand, next((r for r in at if r.mask == "uniform"), None)
+
+
+def kl_ratio(learned: Row, rand: list[Row]) -> float:
+    """Mean KL of the learned mask over the mean KL of the random masks."""
+    r_kl = float(np.mean([r.mean_kl or 0.0 for r in rand]))
+    return (learned.mean_kl or 0.0) / r_kl if r_kl > 0 else float("nan")
+
+
 def summary_by_sparsity(rows: list[Row]) -> str:
     """Learned vs the random masks (mean and per seed) and the per-layer-uniform mask, one line per s."""
     lines = [
@@ -205,19 +220,17 @@ def summary_by_sparsity(rows: list[Row]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sorted({r.sparsity for r in rows if r.mask == "learned"}):
-        at = [r for r in rows if r.sparsity == s]
-        learned = next(r for r in at if r.mask == "learned")
-        rand = [r for r in at if r.mask.startswith("random")]
-        uni = next((r for r in at if r.mask == "uniform"), None)
-        if not rand or learned.accuracy is None or learned.mean_kl is None:
+        found = against_random(rows, s)
+        if found is None or found[0].mean_kl is None:
             continue
+        learned, rand, uni = found
         accs = [100 * (r.accuracy or 0.0) for r in rand]
         kls = [r.mean_kl or 0.0 for r in rand]
         uni_acc = "–" if uni is None or uni.accuracy is None else f"{100 * uni.accuracy:.1f}%"
         lines.append(
-            f"| {s:g} | {100 * learned.accuracy:.1f}% | {np.mean(accs):.1f}% ({', '.join(f'{a:.1f}' for a in accs)}) "
-            f"| {uni_acc} | {learned.mean_kl:.4f} | {np.mean(kls):.4f} ({', '.join(f'{k:.4f}' for k in kls)}) "
-            f"| {learned.mean_kl / np.mean(kls):.2f} |"
+            f"| {s:g} | {100 * (learned.accuracy or 0.0):.1f}% | {np.mean(accs):.1f}% "
+            f"({', '.join(f'{a:.1f}' for a in accs)}) | {uni_acc} | {learned.mean_kl:.4f} | {np.mean(kls):.4f} "
+            f"({', '.join(f'{k:.4f}' for k in kls)}) | {kl_ratio(learned, rand):.2f} |"
         )
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -225,18 +238,16 @@ def summary_by_sparsity(rows: list[Row]) -> str:
 def summarize(rows: list[Row], s: float = 0.5) -> str:
     """One line on the acceptance comparison at s: learned vs full cache and vs the mean random mask."""
     full = next(r for r in rows if r.mask == "full cache")
-    at = [r for r in rows if r.sparsity == s]
-    learned = next((r for r in at if r.mask == "learned"), None)
-    rand = [r for r in at if r.mask.startswith("random")]
-    if learned is None or not rand or learned.accuracy is None or full.accuracy is None:
+    found = against_random(rows, s)
+    if found is None or full.accuracy is None:
         return ""
+    learned, rand, _ = found
+    acc = learned.accuracy or 0.0
     r_acc = float(np.mean([r.accuracy or 0.0 for r in rand]))
-    r_kl = float(np.mean([r.mean_kl or 0.0 for r in rand]))
-    kl_ratio = (learned.mean_kl or 0.0) / r_kl if r_kl > 0 else float("nan")
     return (
-        f"At s={s:g}: learned {100 * learned.accuracy:.1f}% vs full cache {100 * full.accuracy:.1f}% "
-        f"({100 * (learned.accuracy - full.accuracy):+.1f} points) and vs mean random {100 * r_acc:.1f}% "
-        f"({100 * (learned.accuracy - r_acc):+.1f} points); mean KL learned / random = {kl_ratio:.2f}."
+        f"At s={s:g}: learned {100 * acc:.1f}% vs full cache {100 * full.accuracy:.1f}% "
+        f"({100 * (acc - full.accuracy):+.1f} points) and vs mean random {100 * r_acc:.1f}% "
+        f"({100 * (acc - r_acc):+.1f} points); mean KL learned / random = {kl_ratio(learned, rand):.2f}."
     )
 
 
@@ -322,11 +333,11 @@ def export_training_log(checkpoint: Path, csv_path: Path, png_path: Path | None)
     """Per-step reward and mean gate from a checkpoint's trainer_state.json → CSV (+ plot)."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     rows = [h for h in state["log_history"] if "rlkv/mean_gate" in h]
+    rewards = [h.get("rewards/recall_reward/mean", h.get("reward")) for h in rows]  # other rewards log "reward"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", encoding="utf-8") as f:
         f.write(",".join(name for name, _ in LOG_COLUMNS) + "\n")
-        for h in rows:
-            reward = h.get("rewards/recall_reward/mean", h.get("reward"))
+        for h, reward in zip(rows, rewards, strict=True):
             vals = [h.get(key) if name != "reward" else reward for name, key in LOG_COLUMNS]
             f.write(",".join("" if v is None else f"{v:.6g}" for v in vals) + "\n")
     if png_path is not None:
@@ -337,7 +348,7 @@ def export_training_log(checkpoint: Path, csv_path: Path, png_path: Path | None)
 
         steps = [h["step"] for h in rows]
         fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-        ax.plot(steps, [h.get("rewards/recall_reward/mean", h.get("reward")) for h in rows], "o-", label="mean reward")
+        ax.plot(steps, rewards, "o-", label="mean reward")
         ax.set_xlabel("GRPO step")
         ax.set_ylabel("mean reward (0/1)")
         ax.set_ylim(-0.05, 1.05)
