@@ -586,7 +586,7 @@ def _corruptions(rng, L, H):
     if kind == 0:  # wrong scores length
         n = int(rng.choice([0, 1, 3, 5, 7, 100]))
         r["scores"] = rng.random(n).astype(np.float32).reshape(1, -1) if n else np.zeros((1, 0), np.float32)
-        r["perm"] = np.zeros(L * H, np.int64) if False else None
+        r["perm"] = None  # identity of the (wrong) scores shape
     elif kind == 1:  # non-finite scores
         sc = base["scores"].copy()
         sc[rng.integers(0, L), rng.integers(0, H)] = rng.choice([np.nan, np.inf, -np.inf])
