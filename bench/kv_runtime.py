@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rlkv_edge.convert import convert_gguf
 
 import rlkv_edge
 from rlkv_edge.bench import BenchConfig, markdown_table, results_json, run_bench
+from rlkv_edge.convert import convert_gguf
 from rlkv_edge.heads import HeadScores
 from rlkv_edge.models import bundled_model_path
 

@@ -31,15 +31,16 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rlkv_edge.convert import convert_gguf
 
 from rlkv_edge import tasks as T
 from rlkv_edge.bench import BenchConfig, run_bench
+from rlkv_edge.convert import convert_gguf
 from rlkv_edge.evaluate import Task, compare_logprobs, run_tasks, text_logprobs
 from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.masks import full_heads_per_layer
@@ -251,119 +252,146 @@ def summarize(rows: list[Row], s: float = 0.5) -> str:
     )
 
 
-DEMO_TRAIN = [
-    "--reward", "rlkv_edge.tasks:recall_reward", "--prompt-template", "{question}",
-    "--steps", "2", "--group-size", "4", "--prompts-per-step", "1", "--micro-batch-size", "4",
-    "--max-completion-tokens", "16", "--temperature", "0.7", "--lr", "1e-2", "--beta", "1e-3", "--tau", "0.5",
-    "--sink", "16", "--window", "64", "--backend", "reference", "--dtype", "float32", "--seed", "0",
-    "--save-steps", "1000",
-]  # fmt: skip
+def default_threads() -> int:
+    """Half the CPU cores (at least 1): the default --threads of the bench scripts."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
-# the held-out problems as the training reward scores them: the question alone, the whole answer scored
-EVAL_TASK_ARGS = ["--system", "", "--reward", "rlkv_edge.tasks:recall_reward", "-s", "0.5", "--max-tokens", "16"]
+def render(path: Path) -> str:
+    """The tables of a saved results file (--render)."""
+    saved = json.loads(path.read_text())
+    return markdown([Row(**r) for r in saved["rows"]], saved)
 
 
-def demo(out_dir: Path, threads: int) -> int:
-    """`make demo`: a short training run → convert → eval → a one-shot chat answer → the quick table.
-
-    The short run (2 GRPO steps) only proves the pipeline end to end: its gates have barely moved, so its
-    eval at s = 0.5 shows what untrained scores cost. The chat answer (`rlkv-edge chat` without a MODEL)
-    and the table use the shipped default heads file (docs/RESULTS.md says how it was trained).
-    """
-    import shlex
-    import subprocess
-
-    exe = Path(sys.executable).parent / "rlkv-edge"
-    cli = [str(exe)] if exe.is_file() else [sys.executable, "-m", "rlkv_edge.cli"]
-    src = bundled_model_path()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    heads, model = out_dir / "heads.json", out_dir / "model.rlkv.gguf"
-    (out_dir / "long_text.txt").write_text(T.long_text(n_words=1200), encoding="utf-8")
-    T.write_jsonl(T.make_problems(32, T.TRAIN_SEED), out_dir / "train.jsonl")
-    T.write_jsonl(T.make_problems(6, T.EVAL_SEED), out_dir / "eval.jsonl")
-    print(f"wrote 32 training problems (seed {T.TRAIN_SEED}) and a long text to {out_dir}")
-    print(
-        "train -> convert -> eval run on a 2-step training run (barely trained: expect a loss at s=0.5); "
-        "chat and the table use the shipped default heads (a 40-step run, docs/RESULTS.md)"
-    )
-    question = T.make_problems(1, T.EVAL_SEED + 1)[0]["question"]
-    text, jsonl, ckpt = str(out_dir / "long_text.txt"), str(out_dir / "train.jsonl"), str(out_dir / "ckpt")
-    evals = str(out_dir / "eval.jsonl")
-    th = ["--threads", str(threads)]
-    steps = [
-        (
-            "train",
-            [*cli, "train", str(src), "--dataset", jsonl, "--out", str(heads), "--output-dir", ckpt, *DEMO_TRAIN],
-        ),
-        ("convert", [*cli, "convert", str(src), "--mask", str(heads), "--output", str(model), "--force"]),
-        ("eval", [*cli, "eval", str(model), "--text", text, "--tasks", evals, *EVAL_TASK_ARGS, "--ctx", "1024", *th]),
-        (
-            "chat",
-            [*cli, "chat", "--prompt", question, "--temperature", "0", "--seed", "0", "-n", "24", *th],
-        ),
-        ("table", [sys.executable, __file__, "--quick", *th, "--out", str(out_dir / "showcase.json")]),
-    ]
-    t0 = time.time()
-    for name, cmd in steps:
-        print(f"\n== {name} ({time.time() - t0:.0f}s): {shlex.join(cmd)}", flush=True)
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-        rc = subprocess.call(cmd, env=env)
-        if rc != 0:
-            print(f"demo: step '{name}' failed (exit {rc})", file=sys.stderr)
-            return rc
-    print(f"\ndemo finished in {time.time() - t0:.0f}s", flush=True)
-    return 0
+def eval_tokens(path: Path, n_text: int, threads: int) -> list[int]:
+    """The first n_text tokens of the long synthetic text, tokenized by the model at path."""
+    probe = open_model(path, n_ctx=512, sparsity=0.0, n_threads=threads)
+    text = T.long_text(T.TEXT_SEED, n_words=int(n_text * 1.1))
+    tokens = probe.tokenize(text.encode("utf-8"), add_bos=True)
+    probe.close()
+    if len(tokens) < n_text:
+        raise SystemExit(f"long text has {len(tokens)} tokens < {n_text}")
+    return tokens[:n_text]
 
 
-LOG_COLUMNS = (
-    ("step", "step"),
-    ("reward", "rewards/recall_reward/mean"),
-    ("reward_std", "reward_std"),
-    ("mean_gate", "rlkv/mean_gate"),
-    ("heads_below_half", "rlkv/heads_below_half"),
-    ("penalty_weight", "rlkv/penalty_weight"),
-    ("frac_reward_zero_std", "frac_reward_zero_std"),
-    ("grad_norm", "grad_norm"),
-    ("step_time_s", "step_time"),
-)
+class Measurer:
+    """Measures configurations into table rows, reusing (and updating) the --cache JSON."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        heads: HeadScores,
+        paths: dict[str, Path],
+        problems: list[dict[str, str]],
+        tokens: list[int],
+        log: Callable[[str], None],
+    ) -> None:
+        self.args, self.paths, self.problems, self.tokens, self.log = args, paths, problems, tokens, log
+        self.n = args.n_problems
+        self.cache = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
+        self.settings = f"{self.n}|{len(tokens)}|{args.max_tokens}|{heads.sink_size}|{heads.window_size}"
+        self.only = set(args.masks.split(",")) if args.masks else None
+        self.base: dict[str, Any] = {}
+        self.rows: list[Row] = []
+
+    def base_logprobs(self) -> np.ndarray:
+        """The full cache's text logprobs (the learned file at s = 0: re-ordering heads is exact)."""
+        if "lp" not in self.base:
+            ok, self.base["lp"], _, _ = evaluate_config(
+                self.paths["learned"], 0.0, self.problems, self.tokens, None, self.args
+            )
+            self.base["ok"] = ok
+        return self.base["lp"]
+
+    def full_cache(self, n_heads: int) -> None:
+        """The full-cache row (the learned file at s = 0)."""
+        full_key = f"full|-|0|{self.settings}"
+        if full_key not in self.cache:
+            self.base_logprobs()
+            kv = kv_mib(self.paths["learned"], 0.0, 1)
+            self.cache[full_key] = {"ok": self.base["ok"], "kl": 0.0, "top1": 1.0, "kv": kv}
+        c0 = self.cache[full_key]
+        self.rows.append(Row("full cache", 0.0, n_heads, c0["ok"] / self.n, c0["ok"], 0.0, 1.0, c0["kv"]))
+        self.log(f"full cache: accuracy {c0['ok']}/{self.n}")
+
+    def measure(self, name: str, scores: np.ndarray, path: Path, s: float) -> None:
+        """One mask at sparsity s (s = 1: all local), from the cache or measured; skipped if not in --masks."""
+        n, args = self.n, self.args
+        digest = hashlib.sha256(np.ascontiguousarray(scores, dtype=np.float32).tobytes()).hexdigest()[:16]
+        key = f"{name}|{digest if s < 1 else '-'}|{s:g}|{self.settings}"
+        if key in self.cache:
+            c = self.cache[key]
+            self.log(f"s={s:g} {name}: from {args.cache}")
+        elif self.only is not None and name not in self.only:
+            return
+        else:
+            ok, _, kl, top1 = evaluate_config(path, s, self.problems, self.tokens, self.base_logprobs(), args)
+            c = {"ok": ok, "kl": kl, "top1": top1, "kv": kv_mib(path, s, 1)}
+            self.cache[key] = c
+            if args.cache:
+                args.cache.write_text(json.dumps(self.cache, indent=1))
+        n_full = int(full_heads_per_layer(scores, s).sum())
+        label = "all local" if s >= 1 else name
+        self.rows.append(Row(label, s, n_full, c["ok"] / n, c["ok"], c["kl"], c["top1"], c["kv"]))
+        self.log(f"s={s:g} {label}: accuracy {c['ok']}/{n}, KL {c['kl']:.4f}, top-1 {c['top1']:.4f}")
 
 
-def export_training_log(checkpoint: Path, csv_path: Path, png_path: Path | None) -> int:
-    """Per-step reward and mean gate from a checkpoint's trainer_state.json → CSV (+ plot)."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    rows = [h for h in state["log_history"] if "rlkv/mean_gate" in h]
-    rewards = [h.get("rewards/recall_reward/mean", h.get("reward")) for h in rows]  # other rewards log "reward"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", encoding="utf-8") as f:
-        f.write(",".join(name for name, _ in LOG_COLUMNS) + "\n")
-        for h, reward in zip(rows, rewards, strict=True):
-            vals = [h.get(key) if name != "reward" else reward for name, key in LOG_COLUMNS]
-            f.write(",".join("" if v is None else f"{v:.6g}" for v in vals) + "\n")
-    if png_path is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        steps = [h["step"] for h in rows]
-        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-        ax.plot(steps, rewards, "o-", label="mean reward")
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel("mean reward (0/1)")
-        ax.set_ylim(-0.05, 1.05)
-        ax2 = ax.twinx()
-        ax2.plot(steps, [h["rlkv/mean_gate"] for h in rows], "s-", color="tab:red", label="mean gate α")
-        ax2.set_ylabel("mean gate α", color="tab:red")
-        fig.legend(loc="lower left", fontsize=8)
-        ax.set_title("rlkv-edge train on SmolLM2-135M-Instruct (key recall, CPU)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(png_path)
-    print(f"wrote {len(rows)} steps to {csv_path}" + (f" and {png_path}" if png_path else ""))
-    return 0
+def measure_rows(
+    args: argparse.Namespace,
+    src: Path,
+    heads: HeadScores,
+    problems: list[dict[str, str]],
+    log: Callable[[str], None],
+) -> tuple[list[Row], int]:
+    """(table rows, text tokens): every mask at every sparsity, all-local and the speed-ups."""
+    with tempfile.TemporaryDirectory(prefix="rlkv-showcase-") as tmp:
+        masks = build_masks(heads, args.n_random)
+        paths = convert_masks(src, heads, masks, Path(tmp))
+        log(f"converted {len(paths)} masks ({', '.join(paths)}), S={heads.sink_size}, W={heads.window_size}")
+        tokens = eval_tokens(paths["learned"], args.text_tokens, args.threads)
+        m = Measurer(args, heads, paths, problems, tokens, log)
+        m.full_cache(heads.scores.size)
+        for s in args.sparsity:
+            for name, path in paths.items():
+                m.measure(name, masks[name], path, s)
+        m.measure("all-local", heads.scores, paths["learned"], 1.0)
+        if not args.no_bench:
+            sp = speedups(paths, src, args.sparsity, args)
+            for r in m.rows:
+                if r.mask == "learned":
+                    r.tg_speedup = sp.get(r.sparsity)
+            log("bench: " + ", ".join(f"s={s:g} {v:.2f}×" for s, v in sp.items()))
+    return m.rows, len(tokens)
 
 
-def main(argv: list[str] | None = None) -> int:
+def results_meta(
+    args: argparse.Namespace, src: Path, heads_path: Path, heads: HeadScores, n_tokens: int, elapsed: float
+) -> dict[str, Any]:
+    """The settings a results file records next to its rows."""
+    return {
+        "model": src.name,
+        "heads": str(heads_path),
+        "heads_method": heads.method,
+        "sink": heads.sink_size,
+        "window": heads.window_size,
+        "n_problems": args.n_problems,
+        "eval_seed": T.EVAL_SEED,
+        "text_seed": T.TEXT_SEED,
+        "text_tokens": n_tokens,
+        "random_seeds": list(RANDOM_SEEDS[: args.n_random]),
+        "sparsities": args.sparsity,
+        "bench_depth": args.bench_depth,
+        "kv_ctx": KV_CTX,
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
+        "quick": args.quick,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "elapsed_s": round(elapsed, 1),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the defaults that depend on --quick filled in."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heads", type=Path, default=None, help="heads file (default: the bundled default)")
     ap.add_argument("--model", type=Path, default=None, help="unconverted GGUF (default: the bundled SmolLM2)")
@@ -376,123 +404,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=16, help="answer length limit")
     ap.add_argument("--bench-depth", type=int, default=None, help="tg128 depth (default 6144, quick 2048)")
     ap.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
-    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--cache", type=Path, default=None, help="JSON cache of measured rows (reused when it matches)")
     ap.add_argument("--masks", default=None, help="only measure these masks (comma-separated; cached rows still shown)")
-    ap.add_argument("--demo", type=Path, default=None, metavar="DIR", help="run the `make demo` pipeline in DIR")
-    ap.add_argument("--training-log", type=Path, default=None, metavar="CHECKPOINT", help="export CSV + plot")
     ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="print the tables of a results file")
     args = ap.parse_args(argv)
-    if args.render is not None:
-        saved = json.loads(args.render.read_text())
-        print(markdown([Row(**r) for r in saved["rows"]], saved))
-        return 0
-    if args.training_log is not None:
-        return export_training_log(args.training_log, Path("docs/training_log.csv"), Path("docs/training_log.png"))
-    if args.demo is not None:
-        return demo(args.demo, args.threads)
     q = args.quick
-    n_problems = args.n_problems or (12 if q else 60)
-    n_text = args.text_tokens or (1024 if q else 4096)
-    sparsities = args.sparsity or ([0.5] if q else list(SPARSITIES))
-    n_random = args.n_random if args.n_random is not None else (1 if q else 3)
+    args.n_problems = args.n_problems or (12 if q else 60)
+    args.text_tokens = args.text_tokens or (1024 if q else 4096)
+    args.sparsity = args.sparsity or ([0.5] if q else list(SPARSITIES))
+    args.n_random = args.n_random if args.n_random is not None else (1 if q else 3)
     args.bench_depth = args.bench_depth or (2048 if q else BENCH_DEPTH)
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print and save the table (or reprint a saved one with --render)."""
+    args = parse_args(argv)
+    if args.render is not None:
+        print(render(args.render))
+        return 0
     src = args.model or bundled_model_path()
     heads_path = args.heads or default_heads_path()
     if heads_path is None:
         print("no heads file: pass --heads or ship rlkv_edge/data/default_heads.json", file=sys.stderr)
         return 2
     heads = load_heads(heads_path)
-    problems = T.make_problems(n_problems, T.EVAL_SEED)
+    problems = T.make_problems(args.n_problems, T.EVAL_SEED)
     t0 = time.time()
 
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="rlkv-showcase-") as tmp:
-        masks = build_masks(heads, n_random)
-        paths = convert_masks(src, heads, masks, Path(tmp))
-        log(f"converted {len(paths)} masks ({', '.join(paths)}), S={heads.sink_size}, W={heads.window_size}")
-        probe = open_model(paths["learned"], n_ctx=512, sparsity=0.0, n_threads=args.threads)
-        text = T.long_text(T.TEXT_SEED, n_words=int(n_text * 1.1))
-        tokens = probe.tokenize(text.encode("utf-8"), add_bos=True)
-        probe.close()
-        if len(tokens) < n_text:
-            raise SystemExit(f"long text has {len(tokens)} tokens < {n_text}")
-        tokens = tokens[:n_text]
-
-        cache = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
-        settings = f"{n_problems}|{len(tokens)}|{args.max_tokens}|{heads.sink_size}|{heads.window_size}"
-        base: dict[str, Any] = {}
-
-        def base_logprobs() -> np.ndarray:
-            """The full cache's text logprobs (the learned file at s = 0: re-ordering heads is exact)."""
-            if "lp" not in base:
-                ok, base["lp"], _, _ = evaluate_config(paths["learned"], 0.0, problems, tokens, None, args)
-                base["ok"] = ok
-            return base["lp"]
-
-        full_key = f"full|-|0|{settings}"
-        if full_key not in cache:
-            base_logprobs()
-            cache[full_key] = {"ok": base["ok"], "kl": 0.0, "top1": 1.0, "kv": kv_mib(paths["learned"], 0.0, 1)}
-        c0 = cache[full_key]
-        rows.append(Row("full cache", 0.0, heads.scores.size, c0["ok"] / n_problems, c0["ok"], 0.0, 1.0, c0["kv"]))
-        log(f"full cache: accuracy {c0['ok']}/{n_problems}")
-
-        def measure(name: str, scores: np.ndarray, path: Path, s: float) -> None:
-            digest = hashlib.sha256(np.ascontiguousarray(scores, dtype=np.float32).tobytes()).hexdigest()[:16]
-            key = f"{name}|{digest if s < 1 else '-'}|{s:g}|{settings}"
-            if key in cache:
-                c = cache[key]
-                log(f"s={s:g} {name}: from {args.cache}")
-            elif only is not None and name not in only:
-                return
-            else:
-                ok, _, kl, top1 = evaluate_config(path, s, problems, tokens, base_logprobs(), args)
-                c = {"ok": ok, "kl": kl, "top1": top1, "kv": kv_mib(path, s, 1)}
-                cache[key] = c
-                if args.cache:
-                    args.cache.write_text(json.dumps(cache, indent=1))
-            n_full = int(full_heads_per_layer(scores, s).sum())
-            label = "all local" if s >= 1 else name
-            rows.append(Row(label, s, n_full, c["ok"] / n_problems, c["ok"], c["kl"], c["top1"], c["kv"]))
-            log(f"s={s:g} {label}: accuracy {c['ok']}/{n_problems}, KL {c['kl']:.4f}, top-1 {c['top1']:.4f}")
-
-        only = set(args.masks.split(",")) if args.masks else None
-        for s in sparsities:
-            for name, path in paths.items():
-                measure(name, masks[name], path, s)
-        measure("all-local", heads.scores, paths["learned"], 1.0)
-        if not args.no_bench:
-            sp = speedups(paths, src, sparsities, args)
-            for r in rows:
-                if r.mask == "learned":
-                    r.tg_speedup = sp.get(r.sparsity)
-            log("bench: " + ", ".join(f"s={s:g} {v:.2f}×" for s, v in sp.items()))
-
-    meta: dict[str, Any] = {
-        "model": src.name,
-        "heads": str(heads_path),
-        "heads_method": heads.method,
-        "sink": heads.sink_size,
-        "window": heads.window_size,
-        "n_problems": n_problems,
-        "eval_seed": T.EVAL_SEED,
-        "text_seed": T.TEXT_SEED,
-        "text_tokens": len(tokens),
-        "random_seeds": list(RANDOM_SEEDS[:n_random]),
-        "sparsities": sparsities,
-        "bench_depth": args.bench_depth,
-        "kv_ctx": KV_CTX,
-        "threads": args.threads,
-        "max_tokens": args.max_tokens,
-        "quick": q,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
-        "elapsed_s": round(time.time() - t0, 1),
-    }
+    rows, n_tokens = measure_rows(args, src, heads, problems, log)
+    meta = results_meta(args, src, heads_path, heads, n_tokens, time.time() - t0)
+    sparsities = args.sparsity
     meta["summary"] = summarize(rows, 0.5 if 0.5 in sparsities else sparsities[0])
     table = markdown(rows, meta)
     print(table)

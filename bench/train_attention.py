@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from rlkv_edge.train.attention import causal_mask, reference_mixed_attention
 
 

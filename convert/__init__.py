@@ -1,16 +1,9 @@
-"""GGUF rewriting for rlkv-edge: head re-ordering by score, rlkv.* metadata, inspection (DESIGN.md §3)."""
+"""rlkv_edge.convert: GGUF rewriting — head re-ordering by score and rlkv.* metadata (docs/DESIGN.md §3).
+
+Imports only the core (rlkv_edge.metadata, heads, masks, errors); `rlkv-edge convert` and `inspect` are
+wired in by rlkv_edge/cli/convert.py.
+"""
 
 from .converter import ConvertReport, Reencoded, convert_gguf, default_output
-from .inspect import kv_memory, read_rlkv_info
-from .model import SUPPORTED_ARCHITECTURES, ConvertError
 
-__all__ = [
-    "SUPPORTED_ARCHITECTURES",
-    "ConvertError",
-    "ConvertReport",
-    "Reencoded",
-    "convert_gguf",
-    "default_output",
-    "kv_memory",
-    "read_rlkv_info",
-]
+__all__ = ["ConvertReport", "Reencoded", "convert_gguf", "default_output"]

@@ -17,10 +17,12 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderTensor
 
+from rlkv_edge.errors import ConvertError
 from rlkv_edge.heads import HeadScores
-from rlkv_edge.masks import describe_tie, n_full_heads
+from rlkv_edge.masks import check_sparsity, describe_tie, n_full_heads
+from rlkv_edge.memory import format_mib
+from rlkv_edge.metadata import RLKV_PREFIX, ModelInfo, has_rlkv, model_info, open_gguf, stored_perm
 
-from .model import RLKV_PREFIX, ConvertError, ModelInfo, has_rlkv, model_info, open_gguf, stored_perm
 from .reorder import (
     TensorPlan,
     cols_are_byte_moves,
@@ -72,7 +74,7 @@ class ConvertReport:
     def summary(self) -> str:
         """A few human-readable lines."""
         lines = [
-            f"wrote {self.dst} ({self.dst_bytes / 2**20:.1f} MiB) in {self.seconds:.1f} s",
+            f"wrote {self.dst} ({format_mib(self.dst_bytes, 1)}) in {self.seconds:.1f} s",
             f"{self.architecture}: {self.n_layer} layers x {self.n_head_kv} KV heads, "
             f"{len(self.permuted_tensors)} tensors re-ordered"
             + (" (re-converted from the original head order)" if self.reconverted else ""),
@@ -107,8 +109,7 @@ def _check_params(heads: HeadScores, info: ModelInfo, sparsity: float, sink: int
             f"heads file is {heads.n_layer} x {heads.n_head_kv} (layers x KV heads) but {src.name} has "
             f"{want[0]} x {want[1]}"
         )
-    if not (np.isfinite(sparsity) and 0.0 <= sparsity <= 1.0):
-        raise ConvertError(f"sparsity must be in [0, 1], got {sparsity}")
+    check_sparsity(sparsity, "--sparsity")
     if not 0 <= sink < 2**32:
         raise ConvertError(f"sink size must be a non-negative 32-bit integer, got {sink}")
     if not 1 <= window < 2**32:
@@ -151,7 +152,7 @@ def _kv_records(reader: GGUFReader) -> Iterator[bytes]:
 def _rlkv_records(
     scores: np.ndarray, perm: np.ndarray, sparsity: float, sink: int, window: int, source: str
 ) -> list[bytes]:
-    """The rlkv.* key/value records (DESIGN.md §3)."""
+    """The rlkv.* key/value records (docs/DESIGN.md §3)."""
     return [
         encode_kv("rlkv.version", RLKV_VERSION, GGUFValueType.UINT32),
         encode_kv("rlkv.head_scores", scores.astype(np.float32).ravel(), GGUFValueType.ARRAY, GGUFValueType.FLOAT32),

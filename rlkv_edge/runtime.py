@@ -12,12 +12,19 @@ from typing import Any
 
 import rlkv_edge  # noqa: F401  (sets LLAMA_CPP_LIB_PATH before llama_cpp loads)
 from rlkv_edge._native import llama_lib
+from rlkv_edge.errors import ModelError, UsageError
+from rlkv_edge.masks import check_sparsity
 
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
-class RuntimeLoadError(RuntimeError):
-    """A model could not be loaded; the message says why in one line."""
+def cache_type(name: str | int | None, option: str = "cache type") -> int | None:
+    """The ggml type id of a KV cache type given by name (f16, q8_0, ...); UsageError if unknown."""
+    if name is None or isinstance(name, int):
+        return name
+    if name.lower() not in KV_TYPES:
+        raise UsageError(f"{option} {name}: unknown type (one of {', '.join(KV_TYPES)})")
+    return KV_TYPES[name.lower()]
 
 
 class _ModelInfo(ctypes.Structure):
@@ -138,12 +145,12 @@ def load(
 
     path = Path(path)
     if not path.is_file():
-        raise RuntimeLoadError(f"model file not found: {path}")
-    if sparsity is not None and not 0.0 <= sparsity <= 1.0:
-        raise RuntimeLoadError(f"sparsity must be in [0, 1], got {sparsity}")
+        raise ModelError(f"model file not found: {path}")
+    if sparsity is not None:
+        check_sparsity(sparsity)
     for name, value in (("sink", sink), ("window", window)):
         if value is not None and value < 0:
-            raise RuntimeLoadError(f"{name} must be >= 0, got {value}")
+            raise UsageError(f"{name} must be >= 0, got {value}")
     overrides: dict[str, bool | int | float | str] = dict(llama_kwargs.pop("kv_overrides", None) or {})
     if sparsity is not None:
         overrides["rlkv.sparsity"] = float(sparsity)
@@ -152,8 +159,8 @@ def load(
     if window is not None:
         overrides["rlkv.window_size"] = int(window)
     kwargs: dict[str, Any] = {"n_threads": min(os.cpu_count() or 1, 8), "verbose": False, **llama_kwargs}
-    kwargs["type_k"] = KV_TYPES[type_k.lower()] if isinstance(type_k, str) else type_k
-    kwargs["type_v"] = KV_TYPES[type_v.lower()] if isinstance(type_v, str) else type_v
+    kwargs["type_k"] = cache_type(type_k, "--cache-type-k")
+    kwargs["type_v"] = cache_type(type_v, "--cache-type-v")
 
     import tempfile
 
@@ -170,10 +177,10 @@ def load(
                     **kwargs,
                 )
         except (ValueError, RuntimeError) as e:
-            raise RuntimeLoadError(_load_error(log_file.read_text(errors="replace"), path)) from e
+            raise ModelError(_load_error(log_file.read_text(errors="replace"), path)) from e
     if (sparsity is not None or sink is not None or window is not None) and not info(llm).enabled:
         llm.close()
-        raise RuntimeLoadError(f"{path} has no rlkv metadata; run `rlkv-edge convert` on it first")
+        raise ModelError(f"{path} has no rlkv metadata; run `rlkv-edge convert` on it first")
     return llm
 
 
@@ -200,7 +207,7 @@ def kv_bytes(llm: Any) -> tuple[int, int]:
     """Bytes of the full and of the local (sink + window) KV cache of a loaded model's context."""
     full, local = ctypes.c_uint64(0), ctypes.c_uint64(0)
     if not native().llama_rlkv_kv_bytes(llm._ctx.ctx, ctypes.byref(full), ctypes.byref(local)):
-        raise RuntimeLoadError("this context has no KV cache")
+        raise ModelError("this context has no KV cache")
     return int(full.value), int(local.value)
 
 
@@ -208,7 +215,7 @@ def kv_cells(llm: Any) -> tuple[int, int]:
     """Cells of the full and of the local KV cache (0 for a cache that does not exist)."""
     full, local = ctypes.c_uint32(0), ctypes.c_uint32(0)
     if not native().llama_rlkv_kv_cells(llm._ctx.ctx, ctypes.byref(full), ctypes.byref(local)):
-        raise RuntimeLoadError("this context has no KV cache")
+        raise ModelError("this context has no KV cache")
     return int(full.value), int(local.value)
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rlkv_edge.scoring import completion_text
+
 TRAIN_SEED = 1000
 EVAL_SEED = 2000
 TEXT_SEED = 3000
@@ -138,8 +140,6 @@ def score_answer(text: str, answer: str) -> float:
 
 def recall_reward(completions: list[Any], answer: list[Any], **_: Any) -> list[float]:
     """TRL reward: 0/1 correctness of each completion (its first four-digit number is the stated code)."""
-    from rlkv_edge.train.rewards import completion_text  # a reward runs in training: the train extra is there
-
     return [score_answer(completion_text(c), str(a)) for c, a in zip(completions, answer, strict=True)]
 
 

@@ -37,7 +37,6 @@ def placeholder_scores(n_layer: int, n_head_kv: int) -> np.ndarray:
 def smollm2_rlkv(path: Path) -> Path:
     """SmolLM2 converted with placeholder scores (S=64, W=256, s=0.5)."""
     from rlkv_edge.convert import convert_gguf
-
     from rlkv_edge.heads import HeadScores
 
     heads = HeadScores(placeholder_scores(30, 3), sink_size=64, window_size=256, method="test placeholder")

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny GGUFs written from scratch and the bundled SmolLM2 GGUF (DESIGN.md §6)."""
+"""Shared fixtures: tiny GGUFs written from scratch and the bundled SmolLM2 GGUF (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Subprocesses started from the repository root must import the installed rlkv_edge (with its built
-# libraries and the train/convert subpackages), not the source directory: don't put cwd on sys.path.
-os.environ["PYTHONSAFEPATH"] = "1"
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Tiny GGUF models written from scratch with gguf-py (DESIGN.md §6), and the bundled SmolLM2 GGUF.
+"""Tiny GGUF models written from scratch with gguf-py (docs/DESIGN.md §6), and the bundled SmolLM2 GGUF.
 
 `write_tiny_gguf` returns the file path together with the float32 weights it wrote (dequantized when the
 file is quantized), so tests can run a numpy reference forward on exactly the same numbers.
@@ -173,7 +173,7 @@ def add_rlkv_metadata(
     perm: np.ndarray | None = None,
     version: int = 1,
 ) -> None:
-    """Write the rlkv.* keys of DESIGN.md §3 (scores in stored order; perm defaults to identity)."""
+    """Write the rlkv.* keys of docs/DESIGN.md §3 (scores in stored order; perm defaults to identity)."""
     scores = np.asarray(scores, dtype=np.float32)
     if perm is None:
         perm = np.tile(np.arange(scores.shape[1], dtype=np.uint32), (scores.shape[0], 1))

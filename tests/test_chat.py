@@ -58,10 +58,9 @@ def test_prompt_is_deterministic_with_seed(tiny: Path) -> None:
 
 
 def test_kv_budget_picks_smallest_fitting_sparsity(tiny: Path) -> None:
-    from rlkv_edge.convert import kv_memory, read_rlkv_info
-
     from rlkv_edge import runtime
-    from rlkv_edge.memory import choose_sparsity, sparsity_steps
+    from rlkv_edge.memory import choose_sparsity, kv_memory, sparsity_steps
+    from rlkv_edge.metadata import read_rlkv_info
 
     info = read_rlkv_info(tiny)
     n_ctx = 1024
@@ -70,7 +69,7 @@ def test_kv_budget_picks_smallest_fitting_sparsity(tiny: Path) -> None:
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
     for i in range(1, len(steps)):
         budget = (sizes[i] + sizes[i - 1]) // 2  # fits step i, not step i-1
-        choice = choose_sparsity(tiny, budget, n_ctx)
+        choice = choose_sparsity(info, budget, n_ctx)
         assert choice.sparsity == steps[i]
         assert choice.kv_bytes == sizes[i]
         llm = runtime.load(tiny, n_ctx=n_ctx, sparsity=choice.sparsity, n_threads=2)
@@ -80,7 +79,7 @@ def test_kv_budget_picks_smallest_fitting_sparsity(tiny: Path) -> None:
             assert abs(full + local - sizes[i]) <= 0.01 * sizes[i]
         finally:
             llm.close()
-    assert choose_sparsity(tiny, sizes[0], n_ctx).sparsity == 0.0
+    assert choose_sparsity(info, sizes[0], n_ctx).sparsity == 0.0
 
     budget_mib = (sizes[2] + sizes[1]) / 2 / 2**20
     r = run_cli("chat", str(tiny), "--kv-budget", f"{budget_mib:.6f}MiB", "--ctx", str(n_ctx), "-p", "a", "-n", "2")
@@ -177,38 +176,39 @@ def test_chat_repl_under_a_pty(smol_rlkv: Path) -> None:
 
 def test_default_model_is_bundled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from rlkv_edge import models
+    from rlkv_edge.cli import options
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    resolved = models.default_model()
+    resolved = options.default_model()
     if models.default_heads_path() is None:
         assert resolved.path == models.bundled_model_path()
         assert resolved.note and "unconverted" in resolved.note
     else:
         assert resolved.path.parent == tmp_path / "rlkv-edge" / "models"
-        from rlkv_edge.convert import read_rlkv_info
+        from rlkv_edge.metadata import read_rlkv_info
 
         assert read_rlkv_info(resolved.path)["converted"]
-        assert models.default_model().path == resolved.path  # cached: converted once
+        assert options.default_model().path == resolved.path  # cached: converted once
 
 
 def test_default_model_converts_once_with_the_default_heads_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from app_fixtures import placeholder_scores
-    from rlkv_edge.convert import read_rlkv_info
 
-    from rlkv_edge import models
+    from rlkv_edge.cli import options
     from rlkv_edge.heads import HeadScores, save_heads
+    from rlkv_edge.metadata import read_rlkv_info
 
     heads_file = tmp_path / "default_heads.json"  # a test stand-in for rlkv_edge/data/default_heads.json
     save_heads(HeadScores(placeholder_scores(30, 3), method="test placeholder"), heads_file)
-    monkeypatch.setattr(models, "default_heads_path", lambda: heads_file)
+    monkeypatch.setattr(options, "default_heads_path", lambda: heads_file)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    first = models.default_model(quiet=True)
+    first = options.default_model(quiet=True)
     assert first.note is None and first.path.parent == tmp_path / "cache" / "rlkv-edge" / "models"
     assert read_rlkv_info(first.path)["converted"]
     mtime = first.path.stat().st_mtime_ns
-    assert models.default_model(quiet=True).path == first.path
+    assert options.default_model(quiet=True).path == first.path
     assert first.path.stat().st_mtime_ns == mtime  # reused, not converted again
 
 

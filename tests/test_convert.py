@@ -17,13 +17,14 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, GGUFValueType
 from gguf import quants as gq
 from gguf_fixtures import write_tiny_gguf
-from rlkv_edge.convert import ConvertError, convert_gguf, default_output, read_rlkv_info
-from rlkv_edge.convert.cli import convert as convert_cmd
-from rlkv_edge.convert.cli import inspect_cmd
-from rlkv_edge.convert.ggml_quants import quantize as ggml_quantize
 from typer.testing import CliRunner
 
+from rlkv_edge.cli import app as cli_app
+from rlkv_edge.convert import convert_gguf, default_output
+from rlkv_edge.convert.ggml_quants import quantize as ggml_quantize
+from rlkv_edge.errors import RlkvError
 from rlkv_edge.heads import HeadScores, save_heads
+from rlkv_edge.metadata import read_rlkv_info
 
 # ---------------------------------------------------------------- tiny GGUFs written with gguf-py
 
@@ -343,7 +344,7 @@ def test_already_converted_needs_force(tmp_path: Path) -> None:
     src = make_gguf(tmp_path / "m.gguf", n_layer=2, n_head=8, n_head_kv=4, head_dim=16, qtype=T.Q8_0, bias=True)
     first, second = random_heads(2, 4, seed=1), random_heads(2, 4, seed=2)
     convert_gguf(src, first, tmp_path / "a.gguf", progress=False)
-    with pytest.raises(ConvertError, match="already converted"):
+    with pytest.raises(RlkvError, match="already converted"):
         convert_gguf(tmp_path / "a.gguf", second, tmp_path / "b.gguf", progress=False)
     report = convert_gguf(tmp_path / "a.gguf", second, tmp_path / "b.gguf", force=True, progress=False)
     assert report.reconverted
@@ -374,7 +375,7 @@ def test_head_count_kv_array(tmp_path: Path) -> None:
     convert_gguf(ok, random_heads(2, 2), tmp_path / "o.gguf", progress=False)
     assert_exact_reorder(ok, tmp_path / "o.gguf")
     bad = make_gguf(tmp_path / "bad.gguf", n_layer=2, head_count_kv=[2, 1])
-    with pytest.raises(ConvertError, match="differs between layers"):
+    with pytest.raises(RlkvError, match="differs between layers"):
         convert_gguf(bad, random_heads(2, 2), tmp_path / "o2.gguf", progress=False)
 
 
@@ -392,7 +393,7 @@ def test_split_gguf_refused(tmp_path: Path) -> None:
         for t in r.tensors:
             w.write_array(t.name, np.asarray(t.data))
         w.finish()
-    with pytest.raises(ConvertError, match="split GGUF"):
+    with pytest.raises(RlkvError, match="split GGUF"):
         convert_gguf(tmp_path / "split.gguf", random_heads(2, 2), tmp_path / "o.gguf", progress=False)
 
 
@@ -406,11 +407,8 @@ def test_default_output_name(tmp_path: Path) -> None:
 
 
 def _app() -> typer.Typer:
-    """The two commands on a Typer app of their own (the real app registers the same functions)."""
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("convert")(convert_cmd)
-    app.command("inspect")(inspect_cmd)
-    return app
+    """The real `rlkv-edge` app (its error path maps errors to one line and exit code 2)."""
+    return cli_app
 
 
 def _run(args: list[str]) -> object:
@@ -618,10 +616,7 @@ def test_bad_input_subprocess(tmp_path: Path) -> None:
 
     bad = _not_gguf(tmp_path)
     save_heads(random_heads(2, 2), tmp_path / "heads.json")
-    code = (
-        "import typer, sys; from rlkv_edge.convert.cli import convert; "
-        "app = typer.Typer(pretty_exceptions_enable=False); app.command()(convert); app()"
-    )
+    code = "from rlkv_edge.cli import main; main()"
     proc = subprocess.run(
         [sys.executable, "-c", code, str(bad), "--mask", str(tmp_path / "heads.json")],
         capture_output=True,

@@ -15,7 +15,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_extract_and_score() -> None:
-    from rlkv_edge.evaluate import Task, extract_answer, is_correct
+    from rlkv_edge.evaluate import Task, is_correct
+    from rlkv_edge.scoring import extract_answer
 
     assert extract_answer("so \\boxed{42}.") == "42"
     assert extract_answer("<think>Answer: 3</think>Work...\nAnswer: 7.") == "7"
@@ -160,9 +161,9 @@ def test_eval_bad_reward_one_line(tiny: Path, tmp_path: Path) -> None:
 def test_eval_key_recall_whole_answer_on_smollm2(tmp_path: Path) -> None:
     """The showcase task through `eval`: the full cache recalls the code, all-local heads (S+W=80) cannot."""
     from gguf_fixtures import smollm2_path
-    from rlkv_edge.convert import convert_gguf
 
     from rlkv_edge import tasks as T
+    from rlkv_edge.convert import convert_gguf
     from rlkv_edge.heads import load_heads
     from rlkv_edge.models import default_heads_path
 

@@ -27,7 +27,6 @@ def _greedy(path: Path, prompt: str, n: int = 12, n_ctx: int = 256) -> str:
 def test_llama_cpp_loads_our_library() -> None:
     lib_path = Path(llama_cpp.llama_cpp._lib._name).resolve()
     assert lib_path.parent == _native.LIB_DIR
-    assert lib_path.parent.parent == Path(rlkv_edge.__file__).resolve().parent
     version = _native.rlkv_version()
     assert version.startswith(f"rlkv-edge {rlkv_edge.__version__} ")
     assert version.endswith("llama.cpp 0c1e57098")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+
 from rlkv_edge.convert.ggml_quants import quantize
 
 

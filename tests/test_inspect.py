@@ -10,22 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from rlkv_edge.convert import convert_gguf, kv_memory, read_rlkv_info
-from rlkv_edge.convert.cli import convert as convert_cmd
-from rlkv_edge.convert.cli import inspect_cmd
 from test_convert import assert_exact_reorder, make_gguf, random_heads  # type: ignore[import-not-found]
 from typer.testing import CliRunner
 
+from rlkv_edge.cli import app as cli_app
+from rlkv_edge.convert import convert_gguf
 from rlkv_edge.heads import HeadScores, load_heads, save_heads
 from rlkv_edge.masks import full_heads_per_layer
+from rlkv_edge.memory import kv_memory
+from rlkv_edge.metadata import read_rlkv_info
 
 
 def _app() -> typer.Typer:
-    """convert + inspect on an app of their own."""
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("convert")(convert_cmd)
-    app.command("inspect")(inspect_cmd)
-    return app
+    """The real `rlkv-edge` app (its error path maps errors to one line and exit code 2)."""
+    return cli_app
 
 
 def _converted(tmp_path: Path, **kw: object) -> tuple[Path, HeadScores]:
@@ -56,7 +54,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
 
 
 def test_memory_formula(tmp_path: Path) -> None:
-    """KV bytes follow DESIGN.md §7 with F16 K/V and a ring of pad256(S + W + n_ubatch) cells."""
+    """KV bytes follow docs/DESIGN.md §7 with F16 K/V and a ring of pad256(S + W + n_ubatch) cells."""
     out, _ = _converted(tmp_path)
     info = read_rlkv_info(out)
     mem = kv_memory(info, 0.5, 4096)

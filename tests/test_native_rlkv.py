@@ -1,4 +1,4 @@
-"""Native runtime tests for the rlkv per-head KV cache (issue 3, DESIGN.md §2 and §4).
+"""Native runtime tests for the rlkv per-head KV cache (issue 3, docs/DESIGN.md §2 and §4).
 
 Runs against the patched libllama: `import rlkv_edge` points llama-cpp-python at it (LLAMA_CPP_LIB_PATH).
 A tiny random F32 llama is written with gguf-py; a numpy float64 forward with the local-attention rule is the
@@ -760,7 +760,7 @@ def test_smollm2_kv_bytes_and_generation(smollm2_rlkv, no_extra_bufts):
     fc, lc = kv_cells(llm)
     assert fc == 8192 and lc == 1024  # pad256(64 + 256 + 512)
     full_b, local_b = kv_bytes(llm)
-    # DESIGN.md §7: bytes_per_cell_head · (Σ F_l · n_ctx + Σ (H − F_l) · ring_cells), F16 K and V, head dim 64
+    # docs/DESIGN.md §7: bytes_per_cell_head · (Σ F_l · n_ctx + Σ (H − F_l) · ring_cells), F16 K and V, head dim 64
     per = 2 * 64 * 2
     formula = per * (sum(nf) * 8192 + sum(3 - f for f in nf) * lc)
     assert abs((full_b + local_b) - formula) <= 0.01 * formula

@@ -102,7 +102,7 @@ def test_chat_completion_stream(server: str) -> None:
 def test_serve_binds_localhost_by_default() -> None:
     import inspect
 
-    from rlkv_edge.serve import serve
+    from rlkv_edge.cli.serve import serve
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
 

@@ -8,6 +8,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from transformers import DynamicCache
+
 from rlkv_edge.train.attention import (
     local_mask,
     naive_mixed_attention,
@@ -16,7 +18,6 @@ from rlkv_edge.train.attention import (
 )
 from rlkv_edge.train.gates import clamp_gates, get_gates, install_gates, set_gates
 from rlkv_edge.train.tiny import ARCHS, positions_from_mask, tiny_model
-from transformers import DynamicCache
 
 torch.set_num_threads(2)
 SINK, WINDOW = 3, 6

@@ -14,10 +14,11 @@ pytest.importorskip("trl")
 
 import torch
 from gguf_fixtures import smollm2_path
-from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
+from rlkv_edge.cli import app
 from rlkv_edge.heads import load_heads
+from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
 
 torch.set_num_threads(2)
 
@@ -32,14 +33,9 @@ def _smollm2_gguf() -> Path | None:
 
 def test_train_command_on_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The command trains a saved tiny model for 2 steps and writes heads.json (with its command line)."""
-    import typer
-    from rlkv_edge.train.cli import train
-
     model_dir = tmp_path / "tiny"
     tiny_model("qwen2").save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
-    app = typer.Typer()
-    app.command()(train)
     out = tmp_path / "heads.json"
     args = [
         str(model_dir), "--dataset", "reasoning-gym:basic_arithmetic", "--out", str(out),
@@ -48,7 +44,7 @@ def test_train_command_on_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "--n-problems", "8", "--no-chat", "--dtype", "float32", "--reward", "exact",
     ]  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["/venv/bin/rlkv-edge", "train", *args])  # what the console script sees
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, ["train", *args])
     assert result.exit_code == 0, result.output
     heads = load_heads(out)
     assert heads.training["command"] == shlex.join(["rlkv-edge", "train", *args])
@@ -59,12 +55,9 @@ def test_train_command_on_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_train_command_rejects_bad_batch(tmp_path: Path) -> None:
     """A batch that does not split into micro batches is a clean error."""
-    import typer
-    from rlkv_edge.train.cli import train
-
-    app = typer.Typer()
-    app.command()(train)
-    result = CliRunner().invoke(app, ["x", "--prompts-per-step", "3", "--group-size", "4", "--micro-batch-size", "8"])
+    result = CliRunner().invoke(
+        app, ["train", "x", "--prompts-per-step", "3", "--group-size", "4", "--micro-batch-size", "8"]
+    )
     assert result.exit_code == 2 and "micro batches" in result.output
 
 

@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 
 import torch
 from gguf_fixtures import write_tiny_gguf
+
 from rlkv_edge.train.attention import local_mask
 from rlkv_edge.train.crosscheck import binary_gates, gguf_gated_logits, load_gguf_model
 

@@ -18,14 +18,14 @@ pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 import torch
-from rlkv_edge.train.config import TrainConfig
-from rlkv_edge.train.gates import GATES_FILE, get_gates
-from rlkv_edge.train.rewards import exact_match_reward, extract_answer, get_reward, math_reward
-from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
-from rlkv_edge.train.trainer import penalty_weight, train_heads
 from transformers import TrainerCallback
 
 from rlkv_edge.heads import load_heads
+from rlkv_edge.scoring import exact_match_reward, extract_answer, get_reward, math_reward
+from rlkv_edge.train.config import TrainConfig
+from rlkv_edge.train.gates import GATES_FILE, get_gates
+from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
+from rlkv_edge.train.trainer import penalty_weight, train_heads
 
 torch.set_num_threads(2)
 
@@ -125,7 +125,7 @@ def test_rewards() -> None:
     assert math_reward(["\\boxed{0.5}", "\\boxed{3}", "no answer"], ["1/2", "4", "1"]) == [1.0, 0.0, 0.0]
     conv = [[{"role": "assistant", "content": "The answer is 7."}]]
     assert exact_match_reward(conv, ["7"]) == [1.0]
-    assert get_reward("rlkv_edge.train.rewards:math_reward") is math_reward
+    assert get_reward("rlkv_edge.scoring:math_reward") is math_reward
     assert get_reward("exact") is exact_match_reward
     with pytest.raises(ValueError):
         get_reward("nope")

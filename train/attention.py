@@ -1,4 +1,4 @@
-"""Gated mixed attention (DESIGN.md §2, §5): out = α·full + (1 − α)·local per KV head, before o_proj.
+"""Gated mixed attention (docs/DESIGN.md §2, §5): out = α·full + (1 − α)·local per KV head, before o_proj.
 
 A local head answering the query with token ordinal p sees the keys with ordinal k ≤ p and
 (k < S or p − W < k). Ordinals count the non-pad tokens before a position (per row), so they come from

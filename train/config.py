@@ -1,4 +1,4 @@
-"""The training recipe (paper defaults, DESIGN.md §5) as one dataclass."""
+"""The training recipe (paper defaults, docs/DESIGN.md §5) as one dataclass."""
 
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rlkv_edge.train.gates import install_gates, set_gates
 
 from rlkv_edge.masks import full_head_mask
+from rlkv_edge.train.gates import install_gates, set_gates
 
 
 def load_gguf_model(path: str | Path) -> torch.nn.Module:

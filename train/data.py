@@ -24,7 +24,7 @@ def _pick(row: dict[str, Any], keys: Sequence[str], what: str) -> Any:
 
 def normalise_answer(answer: Any) -> str:
     """Reference answer as a string: GSM8K's '... #### 42' gives '42', a full solution its last \\boxed{}."""
-    from rlkv_edge.train.rewards import last_boxed
+    from rlkv_edge.scoring import last_boxed
 
     text = str(answer).strip()
     if "####" in text:

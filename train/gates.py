@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from rlkv_edge.train.attention import ATTN_NAME, BACKENDS, register
 from torch import nn
+
+from rlkv_edge.train.attention import ATTN_NAME, BACKENDS, register
 
 GATES_FILE = "rlkv_gates.pt"
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rlkv_edge.train.config import TrainConfig
-from rlkv_edge.train.gates import clamp_gates, gate_parameters, get_gates, load_gates, save_gates
 from transformers import PreTrainedModel, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from rlkv_edge.heads import HeadScores, save_heads
+from rlkv_edge.train.config import TrainConfig
+from rlkv_edge.train.gates import clamp_gates, gate_parameters, get_gates, load_gates, save_gates
 
 METHOD = "rlkv-grpo"
 
@@ -76,7 +76,7 @@ class RLKVGRPOTrainer(GRPOTrainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save only the gates (the model weights never change)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save:
+        if self.args.should_save and output_dir is not None:
             save_gates(self.accelerator.unwrap_model(self.model), output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -221,9 +221,9 @@ def train_heads(
     **grpo_overrides: Any,
 ) -> tuple[RLKVGRPOTrainer, HeadScores]:
     """The recipe: load, install gates, build the data, run GRPO (resuming if asked), write heads.json."""
+    from rlkv_edge.scoring import get_reward
     from rlkv_edge.train.data import load_problems, parse_buckets, self_distill, to_dataset
     from rlkv_edge.train.gates import install_gates
-    from rlkv_edge.train.rewards import get_reward
 
     torch.manual_seed(cfg.seed)
     if model is None:

@@ -11,7 +11,7 @@
 //   llama_rlkv_kv_bytes()      bytes of the full and of the local (sink + window) KV cache of a context. A context
 //                              without an rlkv cache (no metadata, or s = 0) counts everything as full, local = 0.
 //   llama_rlkv_kv_cells()      cells of the full and of the local cache (0 for a cache that does not exist).
-//   llama_rlkv_n_full_heads()  the pure mask rule of DESIGN.md §2 (same as rlkv_edge/masks.py): F_l per layer and,
+//   llama_rlkv_n_full_heads()  the pure mask rule of docs/DESIGN.md §2 (same as rlkv_edge/masks.py): F_l per layer and,
 //                              optionally, the [L*H] 0/1 mask of full heads, for any scores (not only sorted ones).
 #pragma once
 

@@ -1,4 +1,4 @@
-// rlkv-edge: the rlkv.* metadata of a model and the mask rule (DESIGN.md §2).
+// rlkv-edge: the rlkv.* metadata of a model and the mask rule (docs/DESIGN.md §2).
 #pragma once
 
 #include <cstdint>

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from rlkv_edge.errors import UsageError
 from rlkv_edge.train.config import TrainConfig
 
 console = Console()
@@ -114,15 +116,13 @@ def train(
     params = dict(locals())
     missing = [m for m in ("torch", "transformers", "trl") if importlib.util.find_spec(m) is None]
     if missing:
-        console.print(f"[red]train needs {', '.join(missing)}:[/red] pip install 'rlkv-edge[train]'")
-        raise typer.Exit(2)
+        raise UsageError(f"train needs {', '.join(missing)}: pip install 'rlkv-edge[train]'")
     try:
         cfg = TrainConfig(**params)
         cfg.extra["command"] = shlex.join(["rlkv-edge", *sys.argv[1:]])  # argv[1] is "train"
         cfg.grad_accum_steps()
     except ValueError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+        raise UsageError(str(e)) from None
 
     from rlkv_edge.train.trainer import train_heads
 

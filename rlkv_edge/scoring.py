@@ -1,8 +1,10 @@
-"""Verifiable 0/1 correctness rewards in TRL's reward-function form, and a registry to plug in others."""
+"""Answer scoring shared by `eval` and training: extracting a final answer, one normaliser, and verifiable
+0/1 rewards in TRL's reward-function form with a registry for plug-ins (math-verify is optional)."""
 
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +12,8 @@ from typing import Any
 RewardFn = Callable[..., list[float]]
 
 _BOXED = re.compile(r"\\boxed\s*\{")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*(.+)", re.IGNORECASE)
 
 
 def completion_text(completion: Any) -> str:
@@ -37,30 +40,52 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """Final answer: the last \\boxed{}, else after '####' or 'answer:', else the last number."""
+    """The final answer: <answer> tags, the last \\boxed{}, '####', an 'Answer: ...' line, else the last line."""
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL)
+    tagged = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
+    if tagged:
+        return str(tagged[-1]).strip()
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()
-    for marker in ("####", "answer is", "answer:", "Answer:"):
-        if marker in text:
-            tail = text.rsplit(marker, 1)[1].strip().strip(".").strip()
-            if tail:
-                return tail.splitlines()[0].strip()
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(",", "") if numbers else None
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1].strip()
+        if tail:
+            return tail.splitlines()[0].strip().rstrip(".")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        m = _ANSWER_LINE.search(ln)
+        if m:
+            return m.group(1).strip().rstrip(".").strip("*").strip()
+    return lines[-1] if lines else None
 
 
-def _normalise(s: str) -> str:
-    """Lower-case, strip whitespace, $ and a trailing period."""
+def normalise(s: str) -> str:
+    """Lower-case, without whitespace, surrounding $ and a trailing period."""
     return re.sub(r"\s+", "", s).strip("$").rstrip(".").lower()
 
 
+def answers_match(got: str | None, reference: str) -> bool:
+    """Equal after `normalise`, or, for a numeric reference, the last number in `got` equals it."""
+    if got is None:
+        return False
+    if normalise(got) == normalise(reference):
+        return True
+    want = _NUMBER.fullmatch(reference.strip().replace(" ", ""))
+    numbers = _NUMBER.findall(got)
+    if not (want and numbers):
+        return False
+    try:
+        return math.isclose(float(numbers[-1].replace(",", "")), float(reference.replace(",", "")), rel_tol=1e-9)
+    except ValueError:
+        return False
+
+
 def exact_match_reward(completions: list[Any], answer: list[Any], **_: Any) -> list[float]:
-    """1.0 when the extracted answer equals the reference after normalisation."""
+    """1.0 when the extracted answer matches the reference (`answers_match`)."""
     out = []
     for completion, ref in zip(completions, answer, strict=True):
-        pred = extract_answer(completion_text(completion))
-        out.append(float(pred is not None and _normalise(pred) == _normalise(str(ref))))
+        out.append(float(answers_match(extract_answer(completion_text(completion)), str(ref))))
     return out
 
 
@@ -81,7 +106,7 @@ def math_reward(completions: list[Any], answer: list[Any], **_: Any) -> list[flo
             ok = bool(gold) and bool(guess) and bool(verify(gold, guess))
         except Exception:  # math-verify raises on malformed LaTeX; count it as wrong
             ok = False
-        out.append(float(ok or _normalise(pred) == _normalise(str(ref))))
+        out.append(float(ok or answers_match(pred, str(ref))))
     return out
 
 

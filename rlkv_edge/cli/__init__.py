@@ -1,0 +1,32 @@
+"""The `rlkv-edge` command line: one module per command, wired into one Typer app (`app.py`).
+
+This package is the only part of `rlkv_edge` that imports the `convert` and `train` stages.
+"""
+
+from __future__ import annotations
+
+from rlkv_edge.cli.app import app
+from rlkv_edge.cli.bench import bench
+from rlkv_edge.cli.chat import chat
+from rlkv_edge.cli.convert import convert, inspect
+from rlkv_edge.cli.doctor import doctor
+from rlkv_edge.cli.eval import eval_cmd
+from rlkv_edge.cli.serve import serve
+from rlkv_edge.cli.train import train
+
+app.command("doctor")(doctor)
+app.command("convert")(convert)
+app.command("inspect")(inspect)
+app.command("train")(train)
+app.command("chat")(chat)
+app.command("bench")(bench)
+app.command("eval")(eval_cmd)
+app.command("serve")(serve)
+
+
+def main() -> None:
+    """Entry point of the `rlkv-edge` script."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,77 @@
+"""`rlkv-edge bench`: llama-bench-style pp / tg at several depths and KV MiB, with and without compression."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlkv_edge.bench import BenchConfig, markdown_table, parse_depths, results_json, run_bench
+from rlkv_edge.cli.app import progress
+from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
+from rlkv_edge.errors import UsageError
+from rlkv_edge.masks import check_sparsity
+from rlkv_edge.models import check_architecture, read_model
+
+
+def bench(
+    model: ModelPathArg,
+    sparsity: SparsitiesOpt = None,
+    depths: Annotated[str, typer.Option("--depths", "-d", help="Comma-separated depths.")] = "0,2048,6144",
+    ctx: Annotated[int | None, typer.Option("--ctx", "-c", help="n_ctx (default: max depth + 512).")] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", help="Uncompressed GGUF to compare with (default: MODEL at s=0)."),
+    ] = None,
+    n_prompt: Annotated[int, typer.Option("--n-prompt", "-p", help="Prompt tokens for pp.")] = 512,
+    n_gen: Annotated[int, typer.Option("--n-gen", "-n", help="Generated tokens for tg.")] = 128,
+    reps: Annotated[int, typer.Option("--reps", "-r", help="Repetitions per test.")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    n_gpu_layers: GpuOpt = 0,
+    cache_type_k: CacheKOpt = None,
+    cache_type_v: CacheVOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+) -> None:
+    """pp/tg speed at several depths and KV MiB, without compression and at each sparsity, in one process."""
+    ds = parse_depths(depths)
+    if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
+        raise UsageError("--n-prompt and --n-gen must be >= 0 and not both 0")
+    n_ctx = ctx or max(ds) + max(n_prompt, n_gen)
+    opts = RuntimeOptions(
+        ctx=n_ctx, n_gpu_layers=n_gpu_layers, cache_type_k=cache_type_k, cache_type_v=cache_type_v, threads=threads
+    )
+    target = read_model(model)
+    check_architecture(target)
+    base = read_model(baseline) if baseline is not None else None
+    if base is not None:
+        check_architecture(base)
+    sparsities = [check_sparsity(s, "--sparsity") for s in (sparsity or ([0.5] if target.converted else []))]
+    if sparsities and not target.converted:
+        raise UsageError(f"{model} has no rlkv metadata; run `rlkv-edge convert` on it first")
+    if base is not None:
+        configs = [BenchConfig("baseline", base.path, None, base)]
+    else:
+        configs = [BenchConfig("none", target.path, 0.0 if target.converted else None, target)]
+    configs += [BenchConfig(f"s={s:g}", target.path, s, target) for s in sparsities]
+    results = run_bench(
+        configs,
+        n_ctx=opts.ctx,
+        depths=ds,
+        n_pp=n_prompt,
+        n_tg=n_gen,
+        reps=reps,
+        n_threads=opts.threads or min(os.cpu_count() or 1, 8),
+        n_gpu_layers=opts.n_gpu_layers,
+        type_k=opts.cache_type_k,
+        type_v=opts.cache_type_v,
+        log=None if as_json else progress,
+    )
+    if as_json:
+        print(json.dumps(results_json(results, n_ctx=n_ctx, depths=ds, n_prompt=n_prompt, n_gen=n_gen), indent=2))
+    else:
+        print(markdown_table(results, n_prompt, n_gen))
+    sys.stdout.flush()

@@ -1,0 +1,39 @@
+"""`rlkv-edge doctor`: which llama.cpp library is in use, how it was built, what this machine offers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from rich.console import Console
+from rich.table import Table
+
+import rlkv_edge
+from rlkv_edge import _native
+from rlkv_edge.errors import NativeLibraryError
+
+
+def doctor() -> None:
+    """Show which llama.cpp library is in use, how it was built, and what this machine offers."""
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("rlkv-edge", rlkv_edge.__version__)
+    try:
+        lib_file = _native.library_file()
+        version = _native.rlkv_version()
+        table.add_row("library", str(lib_file))
+        table.add_row("native build", version)
+        table.add_row("llama.cpp commit", _native.build_info().get("llama_cpp_commit", "unknown"))
+        table.add_row("backends", ", ".join(_native.backend_names()) or "none")
+        table.add_row("system", _native.system_info())
+    except NativeLibraryError as e:
+        table.add_row("library", f"[red]{e}[/red]")
+    train_ok = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "trl"))
+    missing = "not installed (pip install 'rlkv-edge[train]')"
+    table.add_row("train extra", "installed" if train_ok else missing)
+    if train_ok:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible to torch"
+        table.add_row("torch", f"{torch.__version__}, GPU: {gpu}")
+    Console().print(table)

@@ -1,0 +1,67 @@
+"""`rlkv-edge eval`: accuracy and next-token agreement at each sparsity against no compression."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlkv_edge.cli.app import progress
+from rlkv_edge.cli.options import GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
+from rlkv_edge.errors import UsageError
+from rlkv_edge.evaluate import SYSTEM_PROMPT, evaluate, render
+from rlkv_edge.models import check_architecture, read_model
+
+
+def eval_cmd(
+    model: ModelPathArg,
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="FILE.jsonl (prompt, answer per line) or reasoning-gym:NAME."),
+    ] = None,
+    text: Annotated[Path | None, typer.Option("--text", help="A long text for KL / top-1 agreement.")] = None,
+    sparsity: SparsitiesOpt = None,
+    ctx: Annotated[int, typer.Option("--ctx", "-c", help="n_ctx (also the longest text prefix used).")] = 2048,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Longest answer per task.")] = 256,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    n_gpu_layers: GpuOpt = 0,
+    system: Annotated[
+        str,
+        typer.Option("--system", help="System prompt for --tasks ('' sends the task prompt alone)."),
+    ] = SYSTEM_PROMPT,
+    reward: Annotated[
+        str | None,
+        typer.Option(
+            "--reward",
+            help="Score the whole answer with a training reward: exact, math or module:function "
+            "(default: the final answer line against 'answer').",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Accuracy and next-token agreement at each sparsity against the same model without compression."""
+    if ctx <= 0 or max_tokens <= 0:
+        raise UsageError("--ctx and --max-tokens must be positive")
+    opts = RuntimeOptions(ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads)
+    target = read_model(model)
+    check_architecture(target)
+    out = evaluate(
+        target,
+        tasks=tasks,
+        text=text,
+        sparsities=list(sparsity) if sparsity is not None else ([0.5] if target.converted else []),
+        n_ctx=opts.ctx,
+        max_tokens=max_tokens,
+        limit=limit,
+        n_threads=opts.threads,
+        n_gpu_layers=opts.n_gpu_layers,
+        system=system or None,
+        reward=reward,
+        log=None if as_json else progress,
+    )
+    print(json.dumps(out, indent=2) if as_json else render(out))
+    sys.stdout.flush()
