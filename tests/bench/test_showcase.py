@@ -15,7 +15,7 @@ from rlkv_edge import tasks as T
 from rlkv_edge.heads import load_heads
 from rlkv_edge.masks import full_heads_per_layer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _showcase():
