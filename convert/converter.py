@@ -21,7 +21,16 @@ from rlkv_edge.errors import ConvertError
 from rlkv_edge.heads import HeadScores
 from rlkv_edge.masks import check_sparsity, describe_tie, n_full_heads
 from rlkv_edge.memory import format_mib
-from rlkv_edge.metadata import RLKV_PREFIX, ModelInfo, has_rlkv, model_info, open_gguf, stored_perm
+from rlkv_edge.metadata import (
+    RLKV_PREFIX,
+    ModelInfo,
+    gguf_fingerprint,
+    has_rlkv,
+    model_info,
+    open_gguf,
+    reader_values,
+    stored_perm,
+)
 
 from .reorder import (
     TensorPlan,
@@ -70,6 +79,7 @@ class ConvertReport:
     dst_bytes: int = 0
     seconds: float = 0.0
     reconverted: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -82,8 +92,7 @@ class ConvertReport:
             f"sink {self.sink_size}, window {self.window_size}",
         ]
         tie = describe_tie(self.head_scores.reshape(self.n_layer, self.n_head_kv), self.sparsity)
-        if tie:
-            lines.append(f"warning: {tie}")
+        lines += [f"warning: {w}" for w in ([tie] if tie else []) + self.warnings]
         for r in self.reencoded:
             lines.append(
                 f"re-encoded {r.name}: {r.old_type} -> {r.new_type} ({r.old_bytes} -> {r.new_bytes} bytes, "
@@ -116,6 +125,38 @@ def _check_params(heads: HeadScores, info: ModelInfo, sparsity: float, sink: int
         raise ConvertError(f"window size must be a positive 32-bit integer, got {window}")
 
 
+# HF model_type -> GGUF architecture where they differ (Mistral 7B GGUFs are "llama").
+_GGUF_ARCH = {"mistral": "llama"}
+
+
+def _model_mismatch(heads: HeadScores, info: ModelInfo, src: Path, force: bool) -> list[str]:
+    """Compare the heads file's model block with the GGUF: refuse another model without --force; a different
+    fingerprint alone is a warning (another quantization of the same model has another one)."""
+    model = heads.model
+    arch = model.get("architecture")
+    differ = [
+        f"{what} {theirs} vs {ours}"
+        for what, theirs, ours in (
+            ("architecture", _GGUF_ARCH.get(str(arch), arch) if arch else None, info.architecture),
+            ("query heads", model.get("n_head"), info.n_head),
+        )
+        if theirs is not None and theirs != ours
+    ]
+    named = model.get("name") or "another model"
+    if differ and not force:
+        raise ConvertError(
+            f"the heads file is for {named} ({', '.join(differ)} in {src.name}); pass --force to convert anyway"
+        )
+    warnings = [f"the heads file is for {named} ({', '.join(differ)}); converted anyway (--force)"] if differ else []
+    fingerprint = model.get("fingerprint")
+    if fingerprint and str(fingerprint).startswith("sha256-16m:") and fingerprint != gguf_fingerprint(src):
+        warnings.append(
+            f"the heads file was trained on another GGUF file ({model.get('name') or fingerprint}); "
+            "fine for another quantization of the same model, wrong for another model"
+        )
+    return warnings
+
+
 def _check_paths(src: Path, dst: Path) -> None:
     """Never write over the input; the output directory must exist."""
     if dst.exists() and (os.path.samefile(src, dst) or dst.is_dir()):
@@ -131,8 +172,9 @@ def _source_string(heads: HeadScores, heads_path: str | None, src: Path) -> str:
     """rlkv.source: method, heads file name and a hash of the scores, source GGUF name."""
     digest = hashlib.sha256(np.ascontiguousarray(heads.scores, dtype="<f4").tobytes()).hexdigest()[:16]
     info: dict[str, Any] = {"method": heads.method, "scores_sha256": digest, "gguf": src.name}
-    if heads_path:
-        info["heads"] = Path(heads_path).name
+    heads_file = heads_path or heads.source_file
+    if heads_file:
+        info["heads"] = Path(heads_file).name
     if heads.model.get("fingerprint"):
         info["fingerprint"] = heads.model["fingerprint"]
     return json.dumps(info, sort_keys=True)
@@ -248,7 +290,8 @@ def convert_gguf(
     t0 = time.perf_counter()
     src_p = Path(src)
     reader = open_gguf(src_p)
-    info = model_info(reader, src_p)
+    values = reader_values(reader)
+    info = model_info(values, src_p)
     n_split = reader.get_field("split.count")
     if n_split is not None and int(n_split.contents()) > 1:
         raise ConvertError(f"{src_p.name} is one shard of a split GGUF; merge it first (llama-gguf-split --merge)")
@@ -257,11 +300,12 @@ def convert_gguf(
     sink_n = heads.sink_size if sink is None else int(sink)
     window_n = heads.window_size if window is None else int(window)
     _check_params(heads, info, s, sink_n, window_n, src_p)
+    warnings = _model_mismatch(heads, info, src_p, force)
     _check_paths(src_p, dst_p)
-    converted = has_rlkv(reader)
+    converted = has_rlkv(values)
     if converted and not force:
         raise ConvertError(f"{src_p.name} is already converted (has rlkv.* metadata); pass --force to re-convert")
-    current = stored_perm(reader, info, src_p)  # current[l, j] = original index of stored head j
+    current = stored_perm(values, info, src_p)  # current[l, j] = original index of stored head j
     order = head_order(heads.scores)  # order[l, j] = original index of the head that goes to slot j
     inv_current = np.argsort(current, axis=1)
     moves = np.take_along_axis(inv_current, order, axis=1)
@@ -285,6 +329,7 @@ def convert_gguf(
         head_scores=new_scores,
         src_bytes=os.path.getsize(src_p),
         reconverted=converted,
+        warnings=warnings,
     )
     _write(reader, src_p, dst_p, jobs, entries, kv, moves, report, progress)
     report.dst_bytes = os.path.getsize(dst_p)

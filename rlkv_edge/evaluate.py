@@ -21,7 +21,7 @@ import numpy as np
 
 from rlkv_edge.errors import DataError, UsageError
 from rlkv_edge.masks import check_sparsity
-from rlkv_edge.models import ModelFile, open_model, read_model
+from rlkv_edge.models import ModelFile, open_model, read_model, require_compression
 from rlkv_edge.scoring import RewardFn, answers_match, extract_answer, get_reward
 
 SYSTEM_PROMPT = (
@@ -183,6 +183,8 @@ def load_reward(spec: str) -> RewardFn:
 
 def _configs(model: ModelFile, sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
     """(label, sparsity) of every configuration: no compression first, then each sparsity."""
+    if sparsities:
+        require_compression(model, "--sparsity")
     if sparsities and not model.converted:
         raise UsageError(f"{model.path} has no rlkv metadata; run `rlkv-edge convert` on it first")
     for s in sparsities:

@@ -65,6 +65,7 @@ class HeadScores:
     method: str = "unknown"
     model: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    source_file: Path | None = field(default=None, compare=False)  # the file it was read from, if any
 
     def __post_init__(self) -> None:
         """Validate and normalise the scores to a clipped float32 [L, H] array."""
@@ -104,7 +105,8 @@ class HeadScores:
 
 
 def check_scores(scores: Any) -> np.ndarray:
-    """Return scores as float32 [L, H] clipped to [0, 1]; raise HeadsFileError on bad shape, NaN or < 0."""
+    """Scores as float32 [L, H] clipped to [0, 1] (published gates run slightly outside it, e.g. -0.011 or
+    1.008); HeadsFileError only for a bad shape, NaN or inf."""
     try:
         arr = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -115,9 +117,6 @@ def check_scores(scores: Any) -> np.ndarray:
     if bad.any():
         layer, head = (int(i) for i in np.argwhere(bad)[0])
         raise HeadsFileError(f"score of layer {layer} head {head} is {arr[layer, head]} (must be a finite number)")
-    if (arr < 0).any():
-        layer, head = (int(i) for i in np.argwhere(arr < 0)[0])
-        raise HeadsFileError(f"score of layer {layer} head {head} is negative ({arr[layer, head]:g})")
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
 
 
@@ -243,11 +242,11 @@ def load_heads(path: str | os.PathLike[str]) -> HeadScores:
     if not p.is_file():
         raise HeadsFileError(f"{p}: no such heads file")
     try:
-        if p.suffix.lower() in (".tsv", ".txt", ".csv"):
-            return _load_tsv(p)
-        return _load_json(p)
+        heads = _load_tsv(p) if p.suffix.lower() in (".tsv", ".txt", ".csv") else _load_json(p)
     except OSError as exc:
         raise HeadsFileError(f"{p}: cannot read ({exc.strerror})") from None
+    heads.source_file = p
+    return heads
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

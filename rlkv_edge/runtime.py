@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,27 +101,47 @@ def native() -> ctypes.CDLL:
     return _bind(llama_lib())
 
 
+_LOG_ERROR = 4  # ggml_log_level GGML_LOG_LEVEL_ERROR (ggml.h of our llama.cpp)
+
+
 @contextlib.contextmanager
-def _stderr_to(path: Path) -> Any:
-    """Redirect the C library's stderr (fd 2) into a file while loading, to report its last error."""
-    saved = os.dup(2)
-    with open(path, "wb") as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+def _captured_log() -> Iterator[list[tuple[int, str]]]:
+    """Collect llama.cpp's and ggml's log lines (level, text) through llama_log_set while loading.
+
+    llama-cpp-python silences fd 2 while it loads, so reading stderr would lose the reason of a refusal.
+    Its own callback is put back afterwards.
+    """
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[tuple[int, str]] = []
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append((level, text.decode("utf-8", errors="replace")))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def _load_error(log: str, path: Path) -> str:
-    """The most telling line of llama.cpp's log for a failed load."""
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    for key in ("rlkv", "error loading model:", "failed to", "error"):
-        for ln in reversed(lines):
-            if key in ln:
-                return ln.split("error loading model:")[-1].strip()
-    return f"llama.cpp could not load {path}"
+def load_error(lines: list[tuple[int, str]]) -> str:
+    """The reason a load failed, in one line: rlkv's own refusal, gguf's reason for a damaged file (worded
+    as `rlkv_edge.metadata.read_header` words it), else the first error llama.cpp logged."""
+    errors = [t.strip() for level, t in lines if level == _LOG_ERROR and t.strip()]
+    for t in errors:
+        if "rlkv:" in t:
+            return t[t.index("rlkv:") :]
+    for t in errors:  # gguf's own reason comes first: "gguf_init_from_file_impl: <reason>"
+        if t.startswith("gguf_"):
+            return f"damaged or truncated GGUF ({t.split(': ', 1)[-1]})"
+    for t in errors:
+        if "error loading model:" in t:
+            reason = t.split("error loading model:", 1)[1].strip().removeprefix("error loading model hyperparameters: ")
+            return f"damaged or truncated GGUF ({reason})" if "not within the file bounds" in reason else reason
+    return "llama.cpp could not load it"
 
 
 def load(
@@ -162,22 +183,18 @@ def load(
     kwargs["type_k"] = cache_type(type_k, "--cache-type-k")
     kwargs["type_v"] = cache_type(type_v, "--cache-type-v")
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        log_file = Path(tmp) / "load.log"
+    with _captured_log() as log:
         try:
-            with _stderr_to(log_file):
-                llm = llama_cpp.Llama(
-                    str(path),
-                    n_ctx=n_ctx,
-                    n_gpu_layers=n_gpu_layers,
-                    flash_attn=True if flash_attn is None else flash_attn,
-                    kv_overrides=overrides or None,
-                    **kwargs,
-                )
+            llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_gpu_layers=n_gpu_layers,
+                flash_attn=True if flash_attn is None else flash_attn,
+                kv_overrides=overrides or None,
+                **kwargs,
+            )
         except (ValueError, RuntimeError) as e:
-            raise ModelError(_load_error(log_file.read_text(errors="replace"), path)) from e
+            raise ModelError(f"{path}: {load_error(log)}") from e
     if (sparsity is not None or sink is not None or window is not None) and not info(llm).enabled:
         llm.close()
         raise ModelError(f"{path} has no rlkv metadata; run `rlkv-edge convert` on it first")

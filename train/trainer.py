@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from rlkv_edge.heads import HeadScores, save_heads
+from rlkv_edge.metadata import gguf_fingerprint
 from rlkv_edge.train.config import TrainConfig
 from rlkv_edge.train.gates import clamp_gates, gate_parameters, get_gates, load_gates, save_gates
 
@@ -127,10 +128,7 @@ def model_fingerprint(cfg: TrainConfig, model: PreTrainedModel) -> str:
         if not path.exists():
             path = Path(cfg.gguf_file)
         if path.exists():
-            with open(path, "rb") as f:
-                h.update(f.read(16 << 20))
-            h.update(str(path.stat().st_size).encode())
-            return "sha256-16m:" + h.hexdigest()
+            return gguf_fingerprint(path)
     h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     return "sha256-config:" + h.hexdigest()
 

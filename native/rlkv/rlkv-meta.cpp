@@ -236,8 +236,9 @@ void llama_rlkv_load_meta(llama_model & model, llama_model_loader & ml) {
     if (W > max_sw) {
         rlkv_fail("rlkv.window_size", "too large: " + std::to_string(W));
     }
-    if ((uint64_t) S + W < 1) {
-        rlkv_fail("rlkv.sink_size", "sink_size + window_size must be >= 1");
+    if (W < 1) {
+        // a local head always sees its own token: W >= 1 (the converter refuses W = 0 too)
+        rlkv_fail("rlkv.window_size", "must be >= 1, got " + std::to_string(W));
     }
     meta->sink   = S;
     meta->window = W;

@@ -15,7 +15,7 @@ from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
 from rlkv_edge.errors import UsageError
 from rlkv_edge.masks import check_sparsity
-from rlkv_edge.models import check_architecture, read_model
+from rlkv_edge.models import read_model, require_compression
 
 
 def bench(
@@ -45,11 +45,10 @@ def bench(
         ctx=n_ctx, n_gpu_layers=n_gpu_layers, cache_type_k=cache_type_k, cache_type_v=cache_type_v, threads=threads
     )
     target = read_model(model)
-    check_architecture(target)
     base = read_model(baseline) if baseline is not None else None
-    if base is not None:
-        check_architecture(base)
     sparsities = [check_sparsity(s, "--sparsity") for s in (sparsity or ([0.5] if target.converted else []))]
+    if sparsity:
+        require_compression(target, "--sparsity")
     if sparsities and not target.converted:
         raise UsageError(f"{model} has no rlkv metadata; run `rlkv-edge convert` on it first")
     if base is not None:

@@ -44,7 +44,6 @@ def convert(
         window=window,
         force=force,
         progress=not quiet and sys.stderr.isatty(),
-        heads_path=str(mask),
     )
     if not quiet:
         typer.echo(report.summary())

@@ -13,7 +13,7 @@ from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
 from rlkv_edge.errors import UsageError
 from rlkv_edge.evaluate import SYSTEM_PROMPT, evaluate, render
-from rlkv_edge.models import check_architecture, read_model
+from rlkv_edge.models import read_model
 
 
 def eval_cmd(
@@ -48,7 +48,6 @@ def eval_cmd(
         raise UsageError("--ctx and --max-tokens must be positive")
     opts = RuntimeOptions(ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads)
     target = read_model(model)
-    check_architecture(target)
     out = evaluate(
         target,
         tasks=tasks,

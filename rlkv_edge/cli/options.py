@@ -15,7 +15,15 @@ from rlkv_edge.cli.app import note
 from rlkv_edge.errors import UsageError
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.memory import choose_sparsity, parse_size
-from rlkv_edge.models import ModelFile, bundled_model_path, cache_dir, default_heads_path, open_model, read_model
+from rlkv_edge.models import (
+    ModelFile,
+    bundled_model_path,
+    cache_dir,
+    default_heads_path,
+    open_model,
+    read_model,
+    require_compression,
+)
 
 ModelArg = Annotated[
     Path | None,
@@ -86,6 +94,7 @@ class RuntimeOptions:
         """The sparsity to load with (None: the file's own) and a line explaining a --kv-budget choice."""
         if self.kv_budget is None:
             return self.sparsity, None
+        require_compression(model, "--kv-budget")
         choice = choose_sparsity(
             model.info,
             parse_size(self.kv_budget),
