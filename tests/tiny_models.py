@@ -1,4 +1,4 @@
-"""Tiny random models for tests and demos (built from a config, nothing downloaded)."""
+"""Tiny random transformers models and a character-level tokenizer for the tests (from a config, offline)."""
 
 from __future__ import annotations
 

@@ -14,11 +14,11 @@ pytest.importorskip("trl")
 
 import torch
 from gguf_fixtures import smollm2_path
+from tiny_models import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
 from rlkv_edge.cli import app
 from rlkv_edge.heads import load_heads
-from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
 
 torch.set_num_threads(2)
 

@@ -8,6 +8,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from tiny_models import ARCHS, positions_from_mask, tiny_model
 from transformers import DynamicCache
 
 from rlkv_edge.train.attention import (
@@ -17,7 +18,6 @@ from rlkv_edge.train.attention import (
     reference_mixed_attention,
 )
 from rlkv_edge.train.gates import clamp_gates, get_gates, install_gates, set_gates
-from rlkv_edge.train.tiny import ARCHS, positions_from_mask, tiny_model
 
 torch.set_num_threads(2)
 SINK, WINDOW = 3, 6

@@ -11,10 +11,10 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from crosscheck import binary_gates, gguf_gated_logits, load_gguf_model
 from gguf_fixtures import write_tiny_gguf
 
 from rlkv_edge.train.attention import local_mask
-from rlkv_edge.train.crosscheck import binary_gates, gguf_gated_logits, load_gguf_model
 
 torch.set_num_threads(2)
 TOKENS = [1, *range(260, 300), *range(270, 290)]

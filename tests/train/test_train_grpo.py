@@ -17,14 +17,15 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("trl")
 
+import tiny_models
 import torch
+from tiny_models import tiny_model, tiny_tokenizer
 from transformers import TrainerCallback
 
 from rlkv_edge.heads import load_heads
 from rlkv_edge.scoring import exact_match_reward, extract_answer, get_reward, math_reward
 from rlkv_edge.train.config import TrainConfig
 from rlkv_edge.train.gates import GATES_FILE, get_gates
-from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
 from rlkv_edge.train.trainer import penalty_weight, train_heads
 
 torch.set_num_threads(2)
@@ -168,11 +169,13 @@ def test_accelerate_two_processes(tmp_path: Path) -> None:
     script.write_text(
         textwrap.dedent(
             f"""
+            import sys
             import torch
             torch.set_num_threads(1)
+            sys.path.insert(0, {str(Path(tiny_models.__file__).parent)!r})
             from rlkv_edge.train.config import TrainConfig
             from rlkv_edge.train.trainer import train_heads
-            from rlkv_edge.train.tiny import tiny_model, tiny_tokenizer
+            from tiny_models import tiny_model, tiny_tokenizer
             def digits(completions, **kw):
                 return [sum(c.isdigit() for c in x) / max(1, len(x)) for x in completions]
             cfg = TrainConfig(model="tiny", out={str(tmp_path / "heads.json")!r},

@@ -16,13 +16,13 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch
+from crosscheck import gguf_gated_logits, load_gguf_model
 from gguf_fixtures import write_tiny_gguf
 
 from rlkv_edge import runtime
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.heads import HeadScores
 from rlkv_edge.masks import full_heads_per_layer
-from rlkv_edge.train.crosscheck import gguf_gated_logits, load_gguf_model
 
 torch.set_num_threads(2)
 SINK, WINDOW = 4, 8

@@ -19,10 +19,11 @@ _ON_GPU = torch.cuda.is_available()
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DELEGATE = not _ON_GPU and not _INTERPRET
 
+from tiny_models import positions_from_mask, tiny_model  # noqa: E402
+
 from rlkv_edge.train import triton_kernel as tk  # noqa: E402
 from rlkv_edge.train.attention import naive_mixed_attention, ordinals_from_mask  # noqa: E402
 from rlkv_edge.train.gates import install_gates, set_gates  # noqa: E402
-from rlkv_edge.train.tiny import positions_from_mask, tiny_model  # noqa: E402
 
 kernel = pytest.mark.skipif(_DELEGATE, reason="runs in the TRITON_INTERPRET=1 child (test_interpreted_child)")
 
