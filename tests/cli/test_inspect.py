@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from test_convert import assert_exact_reorder, make_gguf, random_heads  # type: ignore[import-not-found]
+from gguf_fixtures import write_tiny_gguf
+from reorder_checks import assert_exact_reorder, random_heads
 from typer.testing import CliRunner
 
 from rlkv_edge.cli import app as cli_app
@@ -28,7 +29,7 @@ def _app() -> typer.Typer:
 
 def _converted(tmp_path: Path, **kw: object) -> tuple[Path, HeadScores]:
     """A tiny converted llama GGUF (2 layers x 2 KV heads, head dim 16) and its heads."""
-    src = make_gguf(tmp_path / "m.gguf", **kw)  # type: ignore[arg-type]
+    src = write_tiny_gguf(tmp_path / "m.gguf", **kw).path  # type: ignore[arg-type]
     heads = random_heads(2, 2)
     convert_gguf(src, heads, tmp_path / "m.rlkv.gguf", progress=False)
     return tmp_path / "m.rlkv.gguf", heads
@@ -36,7 +37,7 @@ def _converted(tmp_path: Path, **kw: object) -> tuple[Path, HeadScores]:
 
 def test_json_round_trip(tmp_path: Path) -> None:
     """heads.json -> convert -> inspect --json gives the same scores; head_perm restores the order."""
-    src = make_gguf(tmp_path / "m.gguf", n_layer=3, n_head=8, n_head_kv=4, head_dim=16)
+    src = write_tiny_gguf(tmp_path / "m.gguf", n_layer=3, n_head=8, n_head_kv=4, head_dim=16).path
     save_heads(random_heads(3, 4, seed=7), tmp_path / "heads.json")
     heads = load_heads(tmp_path / "heads.json")
     runner = CliRunner()
@@ -90,7 +91,7 @@ def test_text_report(tmp_path: Path) -> None:
 
 def test_unconverted_file(tmp_path: Path) -> None:
     """A plain GGUF inspects as 'not converted' with every head full."""
-    src = make_gguf(tmp_path / "m.gguf")
+    src = write_tiny_gguf(tmp_path / "m.gguf").path
     r = CliRunner().invoke(_app(), ["inspect", str(src), "--json"])
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout)
@@ -166,7 +167,7 @@ def test_boundary_tie() -> None:
 
 def test_tie_warning_in_convert_and_inspect(tmp_path: Path) -> None:
     """convert and inspect warn when the mask rule has to pick among tied heads by layer order."""
-    src = make_gguf(tmp_path / "m.gguf", n_layer=2, n_head=4, n_head_kv=2, head_dim=16)
+    src = write_tiny_gguf(tmp_path / "m.gguf", n_layer=2, n_head=4, n_head_kv=2, head_dim=16).path
     heads = HeadScores(np.array([[1.0, 0.3], [1.0, 1.0]], np.float32), sink_size=16, window_size=32)
     save_heads(heads, tmp_path / "heads.json")
     runner = CliRunner()
