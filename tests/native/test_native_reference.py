@@ -1,0 +1,115 @@
+"""The runtime's logits against the numpy float64 reference with the local-attention rule (tests/reference.py):
+token by token and in chunks, with and without flash attention, past the ring's wrap; s = 0 equals the file without
+metadata; two sequences in one context (issue 3, docs/DESIGN.md §2 and §4)."""
+
+from __future__ import annotations
+
+import llama_cpp
+import numpy as np
+import pytest
+from reference import RefModel
+from tiny_runtime import (
+    N_TOK,
+    N_VOCAB,
+    SINK,
+    WINDOW,
+    eval_tokens,
+    load,
+    model_info,
+    random_tokens,
+    rel_err,
+)
+
+from rlkv_edge.runtime import kv_bytes, kv_cells
+
+
+@pytest.mark.parametrize("key", ["s50", "s75", "s100"])
+@pytest.mark.parametrize("flash_attn", [True, False])
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_reference_logits(tiny_paths, weights, key, flash_attn, mode):
+    s = {"s50": 0.5, "s75": 0.75, "s100": 1.0}[key]
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], s)
+    toks = random_tokens(N_TOK)
+    if mode == "token":
+        llm = load(tiny_paths[key], flash_attn=flash_attn, n_batch=8, n_ubatch=8)
+        got = eval_tokens(llm, toks, one_by_one=True)
+    else:
+        llm = load(tiny_paths[key], flash_attn=flash_attn, n_batch=64, n_ubatch=32)
+        got = eval_tokens(llm, toks)
+    info, nf = model_info(llm)
+    assert info.enabled == 1 and nf == list(n_full)
+    _fc, lc = kv_cells(llm)
+    assert lc == 256 and lc < N_TOK  # the ring really wraps
+
+    ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks, np.arange(N_TOK))
+    full = RefModel(weights).forward(toks, np.arange(N_TOK))
+    err = rel_err(got, ref)
+    assert err <= 1e-3, err
+    # the test has teeth: the local rule changes the logits far more than the tolerance
+    assert rel_err(full, ref) > 1e-2
+
+
+@pytest.mark.parametrize("flash_attn", [True, False])
+def test_s0_equals_plain(tiny_paths, flash_attn):
+    toks = random_tokens(300)
+    a = eval_tokens(load(tiny_paths["plain"], flash_attn=flash_attn, n_batch=64, n_ubatch=64), toks)
+    llm = load(tiny_paths["s0"], flash_attn=flash_attn, n_batch=64, n_ubatch=64)
+    b = eval_tokens(llm, toks)
+    assert np.array_equal(a, b)
+    full, local = kv_bytes(llm)
+    assert local == 0 and full > 0
+    info, nf = model_info(llm)
+    assert info.enabled == 1 and nf == [2, 2]
+
+
+def test_multi_seq(tiny_paths, weights):
+    """two sequences in one context (n_seq_max 2, unified and per-sequence streams) match the reference."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
+    model = llama_cpp.llama_model_load_from_file(
+        str(tiny_paths["s50"]).encode(), llama_cpp.llama_model_default_params()
+    )
+    try:
+        for unified in (True, False):
+            cp = llama_cpp.llama_context_default_params()
+            cp.n_ctx = 1024
+            cp.n_batch = 64
+            cp.n_ubatch = 64
+            cp.n_seq_max = 2
+            cp.kv_unified = unified
+            cp.type_k = 0
+            cp.type_v = 0
+            cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            ctx = llama_cpp.llama_init_from_model(model, cp)
+            assert ctx
+            n_vocab = N_VOCAB
+            seqs = [random_tokens(320, seed=21), random_tokens(320, seed=22)]
+            outs = [[], []]
+            batch = llama_cpp.llama_batch_init(64, 0, 2)
+            try:
+                for start in range(0, 320, 16):
+                    batch.n_tokens = 0
+                    for sid in range(2):
+                        for i in range(start, start + 16):
+                            j = batch.n_tokens
+                            batch.token[j] = int(seqs[sid][i])
+                            batch.pos[j] = i
+                            batch.n_seq_id[j] = 1
+                            batch.seq_id[j][0] = sid
+                            batch.logits[j] = True
+                            batch.n_tokens += 1
+                    assert llama_cpp.llama_decode(ctx, batch) == 0
+                    for j in range(batch.n_tokens):
+                        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, j), shape=(n_vocab,)).copy()
+                        outs[j // 16].append(row)
+            finally:
+                llama_cpp.llama_batch_free(batch)
+                llama_cpp.llama_free(ctx)
+            for sid in range(2):
+                ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(seqs[sid], np.arange(320))
+                assert rel_err(np.array(outs[sid]), ref) <= 1e-3, (unified, sid)
+    finally:
+        llama_cpp.llama_model_free(model)
