@@ -1,6 +1,7 @@
 """The mask rule (docs/DESIGN.md §2): which heads keep a full KV cache at a given sparsity.
 
-The same rule is implemented in C++ (native/rlkv/rlkv-meta.cpp); tests/test_native_rlkv.py checks that both agree.
+The same rule is implemented in C++ (native/rlkv/rlkv-meta.cpp); tests/native/test_native_mask_rule.py checks
+that both agree.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def choose_sparsity(
     *,
     type_k: str = "f16",
     type_v: str = "f16",
-    n_ubatch: int = 512,
+    n_ubatch: int = DEFAULT_UBATCH,
 ) -> BudgetChoice:
     """Smallest sparsity whose KV cache (docs/DESIGN.md §7) fits `budget` bytes at n_ctx; BudgetError if none."""
     n_layer, n_head_kv = info["n_layer"], info["n_head_kv"]

@@ -12,6 +12,7 @@ import typer
 from rlkv_edge.cli.options import CacheKOpt, CacheVOpt
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.convert.inspect import plot_scores, render_report
+from rlkv_edge.errors import Interrupted
 from rlkv_edge.heads import load_heads
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.memory import DEFAULT_UBATCH, kv_memory
@@ -35,16 +36,19 @@ def convert(
     """Re-order a GGUF's KV heads by score and add rlkv.* metadata (stock llama.cpp still runs it)."""
     if sparsity is not None:
         check_sparsity(sparsity, "--sparsity")
-    report = convert_gguf(
-        model,
-        load_heads(mask),
-        output,
-        sparsity=sparsity,
-        sink=sink,
-        window=window,
-        force=force,
-        progress=not quiet and sys.stderr.isatty(),
-    )
+    try:
+        report = convert_gguf(
+            model,
+            load_heads(mask),
+            output,
+            sparsity=sparsity,
+            sink=sink,
+            window=window,
+            force=force,
+            progress=not quiet and sys.stderr.isatty(),
+        )
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted (no output written)") from None
     if not quiet:
         typer.echo(report.summary())
 

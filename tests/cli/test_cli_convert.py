@@ -131,12 +131,6 @@ def _case_nan(t: Path) -> tuple[list[str], str]:
     return [str(t / "in.gguf")], "finite"
 
 
-def _case_negative(t: Path) -> tuple[list[str], str]:
-    write_tiny_gguf(t / "in.gguf")
-    _heads_json(t / "heads.json", [[-0.5, 0.5]] * 2)
-    return [str(t / "in.gguf")], "negative"
-
-
 def _case_sparsity_high(t: Path) -> tuple[list[str], str]:
     write_tiny_gguf(t / "in.gguf")
     return [str(t / "in.gguf"), "--sparsity", "1.5"], "sparsity"
@@ -191,7 +185,6 @@ BAD_CASES: dict[str, BadCase] = {
     "missing": _case_missing,
     "wrong-shape": _case_wrong_shape,
     "nan": _case_nan,
-    "negative": _case_negative,
     "sparsity>1": _case_sparsity_high,
     "sparsity<0": _case_sparsity_low,
     "gpt2": _case_gpt2,
