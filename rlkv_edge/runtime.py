@@ -141,6 +141,8 @@ def load_error(lines: list[tuple[int, str]]) -> str:
         if "error loading model:" in t:
             reason = t.split("error loading model:", 1)[1].strip().removeprefix("error loading model hyperparameters: ")
             return f"damaged or truncated GGUF ({reason})" if "not within the file bounds" in reason else reason
+    if errors:  # e.g. llama_init_from_model: K cache type q8_0 with block size 32 does not divide ...
+        return errors[-1].split(": ", 1)[-1]
     return "llama.cpp could not load it"
 
 

@@ -107,3 +107,11 @@ def test_native_refusal_reason_reaches_the_user(models: dict[str, Path], tmp_pat
     )
     with pytest.raises(ModelError, match=r"rlkv\.head_perm: layer 0 is not a permutation of 0\.\.1"):
         runtime.load(bad.path, n_ctx=64)
+
+
+def test_context_refusal_reason_reaches_the_user(models: dict[str, Path]) -> None:
+    """A refusal at context creation (q8_0 K cache on head dim 16) names llama.cpp's reason in one line."""
+    r = run_cli("chat", str(models["rlkv"]), "-ctk", "q8_0", "-p", "x")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "K cache type q8_0 with block size 32 does not divide n_embd_head_k=16" in lines[0]
