@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlkv_edge.atomic import atomic_write_text
 from rlkv_edge.errors import HeadsFileError
 
 FORMAT_NAME = "rlkv-heads"
@@ -249,29 +249,17 @@ def load_heads(path: str | os.PathLike[str]) -> HeadScores:
     return heads
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path through a temp file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_heads(h: HeadScores, path: str | os.PathLike[str]) -> None:
     """Write heads.json atomically."""
     obj = h.to_dict()
     _validate_schema(obj, Path(path))
-    _atomic_write_text(Path(path), json.dumps(obj, indent=1) + "\n")
+    atomic_write_text(Path(path), json.dumps(obj, indent=1) + "\n")
 
 
 def export_tsv(h: HeadScores, path: str | os.PathLike[str]) -> None:
     """Write a DuoAttention-style TSV (L rows × H tab-separated scores) atomically."""
     lines = ["\t".join(_fmt(v) for v in row) for row in h.scores]
-    _atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def _fmt(value: float) -> str:

@@ -16,7 +16,7 @@ from rlkv_edge._native import llama_lib
 from rlkv_edge.errors import ModelError, UsageError
 from rlkv_edge.masks import check_sparsity
 
-KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20, "bf16": 30}
 
 
 def cache_type(name: str | int | None, option: str = "cache type") -> int | None:

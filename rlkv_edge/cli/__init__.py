@@ -11,6 +11,7 @@ from rlkv_edge.cli.chat import chat
 from rlkv_edge.cli.convert import convert, inspect
 from rlkv_edge.cli.doctor import doctor
 from rlkv_edge.cli.eval import eval_cmd
+from rlkv_edge.cli.frontier import frontier
 from rlkv_edge.cli.serve import serve
 from rlkv_edge.cli.train import train
 
@@ -22,6 +23,7 @@ app.command("chat")(chat)
 app.command("bench")(bench)
 app.command("eval")(eval_cmd)
 app.command("serve")(serve)
+app.command("frontier")(frontier)
 
 
 def main() -> None:

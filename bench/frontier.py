@@ -1,0 +1,44 @@
+"""The memory–quality–speed frontier on the bundled SmolLM2 (issue 13): `rlkv-edge frontier` with the
+settings docs/RESULTS.md reports, on a real English text no one here wrote (the GPL-3 licence text that
+Debian ships), writing bench/results/frontier.json and docs/frontier.png.
+
+    python bench/frontier.py [--text FILE] [--tokens 4096] [--depth 4096] [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = Path("/usr/share/common-licenses/GPL-3")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the frontier on the bundled model with the shipped default heads."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--text", type=Path, default=TEXT)
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--depth", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="512 tokens, no speed test, one random mask")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "frontier.json")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "frontier.png")
+    args = ap.parse_args(argv)
+    from rlkv_edge.cli.options import default_model
+
+    model = default_model().path
+    cmd = [str(Path(sys.executable).parent / "rlkv-edge"), "frontier", str(model), "--text", str(args.text)]
+    cmd += ["--threads", str(args.threads), "--out", str(args.out), "--plot", str(args.plot)]
+    if args.quick:
+        cmd += ["--tokens", "512", "--no-speed", "--random", "1"]
+    else:
+        cmd += ["--tokens", str(args.tokens), "--depth", str(args.depth)]
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

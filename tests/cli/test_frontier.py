@@ -1,0 +1,70 @@
+"""`rlkv-edge frontier`: every family measured in one process, the Pareto front, JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf_fixtures import write_tiny_gguf
+from typer.testing import CliRunner
+
+from rlkv_edge.cli import app
+from rlkv_edge.frontier import FrontierConfig, FrontierPoint, mark_front
+
+
+@pytest.fixture(scope="module")
+def tiny32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny converted llama with head dim 32 (quantized KV caches need a multiple of 32)."""
+    root = tmp_path_factory.mktemp("frontier")
+    scores = np.array([[0.9, 0.2], [0.6, 0.4]], dtype=np.float32)
+    rlkv = dict(scores=scores, sparsity=0.5, sink=2, window=8)
+    return write_tiny_gguf(root / "tiny32.rlkv.gguf", head_dim=32, rlkv=rlkv).path
+
+
+def _point(kv: int, kl: float, tg: float | None) -> FrontierPoint:
+    return FrontierPoint(FrontierConfig("x", "rlkv", Path("x")), kv, kl, 1.0, tg=tg)
+
+
+def test_pareto_front() -> None:
+    """Dominated points are off the front; ties in every measure keep both on it."""
+    pts = [_point(100, 0.0, 10), _point(50, 0.1, 10), _point(50, 0.2, 10), _point(50, 0.1, 20), _point(20, 0.5, 5)]
+    mark_front(pts)
+    assert [p.on_front for p in pts] == [True, False, False, True, True]
+    same = [_point(10, 0.1, None), _point(10, 0.1, None)]
+    mark_front(same)
+    assert all(p.on_front for p in same)
+
+
+def test_frontier_command(tiny32: Path, tmp_path: Path) -> None:
+    """All families, KL 0 for the reference, the JSON and the PNG written."""
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog and the cat sat on the mat " * 20)
+    out, png = tmp_path / "f.json", tmp_path / "f.png"
+    args = ["frontier", str(tiny32), "--text", str(text), "--tokens", "200", "--no-speed", "--random", "2"]
+    args += ["--cache-type", "q8_0", "--cache-type", "q8_0/q4_0", "-s", "0.5", "--sink-window", "2:8"]
+    r = CliRunner().invoke(app, [*args, "--threads", "1", "--out", str(out), "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    points = result["points"]
+    families = {p["config"]["family"] for p in points}
+    assert families == {"full", "kv-quant", "rlkv", "rlkv+quant", "all-local", "random", "uniform"}
+    assert points[0]["config"]["label"] == "f16 full" and points[0]["mean_kl"] == 0.0
+    by_label = {p["config"]["label"]: p for p in points}
+    assert by_label["q8_0 full"]["kv_bytes"] < by_label["f16 full"]["kv_bytes"]
+    assert by_label["all-local S2/W8"]["mean_kl"] > 0
+    assert any(p["on_front"] for p in points) and points[0]["on_front"]  # nothing beats KL 0 at f16 speed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| front | config |" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "bad", [["--sink-window", "8"], ["--sink-window", "2:0"], ["--cache-type", "q9_0"], ["--tokens", "3"]]
+)
+def test_frontier_bad_input(tiny32: Path, tmp_path: Path, bad: list[str]) -> None:
+    """Bad values: one line, exit 2, nothing measured."""
+    text = tmp_path / "t.txt"
+    text.write_text("a b c " * 50)
+    r = CliRunner().invoke(app, ["frontier", str(tiny32), "--text", str(text), *bad])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
