@@ -193,6 +193,17 @@ def _configs(model: ModelFile, sparsities: Sequence[float]) -> list[tuple[str, f
     return [base] + [(f"s={s:g}", s) for s in sparsities]
 
 
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file for --text; DataError if it cannot be read or is empty."""
+    try:
+        body = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read text file {path}: {e}") from None
+    if not body.strip():
+        raise DataError(f"{path}: the text file is empty")
+    return body
+
+
 def evaluate(
     model: ModelFile | Path,
     *,
@@ -204,6 +215,8 @@ def evaluate(
     limit: int | None = None,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
+    type_k: str | None = None,
+    type_v: str | None = None,
     system: str | None = SYSTEM_PROMPT,
     reward: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -216,15 +229,10 @@ def evaluate(
     configs = _configs(model, sparsities)
     task_list = load_tasks(tasks, limit) if tasks else []
     reward_fn = load_reward(reward) if reward else None
-    text_str = None
-    if text is not None:
-        try:
-            text_str = text.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read text file {text}: {e}") from None
-        if not text_str.strip():
-            raise DataError(f"{text}: the text file is empty")
-    kwargs: dict[str, Any] = {"n_threads": n_threads} if n_threads else {}
+    text_str = read_text_file(text) if text is not None else None
+    load: dict[str, Any] = dict(n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, logits_all=text is not None)
+    if n_threads:
+        load["n_threads"] = n_threads
     out: dict[str, Any] = {"model": str(model.path), "n_ctx": n_ctx, "tasks": None, "text": None}
     task_results: list[TaskResult] = []
     text_results: list[TextResult] = []
@@ -233,9 +241,7 @@ def evaluate(
     for label, s in configs:
         if log:
             log(f"{label}: loading {model.path.name}")
-        llm = open_model(
-            model, n_ctx=n_ctx, sparsity=s, n_gpu_layers=n_gpu_layers, logits_all=text is not None, **kwargs
-        )
+        llm = open_model(model, n_ctx=n_ctx, sparsity=s, **load)
         try:
             if task_list:
                 tr = run_tasks(

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from rlkv_edge.cli.app import progress
-from rlkv_edge.cli.options import GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
+from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
 from rlkv_edge.errors import UsageError
 from rlkv_edge.evaluate import SYSTEM_PROMPT, evaluate, render
 from rlkv_edge.models import read_model
@@ -29,6 +29,8 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     n_gpu_layers: GpuOpt = 0,
+    cache_type_k: CacheKOpt = None,
+    cache_type_v: CacheVOpt = None,
     system: Annotated[
         str,
         typer.Option("--system", help="System prompt for --tasks ('' sends the task prompt alone)."),
@@ -46,7 +48,9 @@ def eval_cmd(
     """Accuracy and next-token agreement at each sparsity against the same model without compression."""
     if ctx <= 0 or max_tokens <= 0:
         raise UsageError("--ctx and --max-tokens must be positive")
-    opts = RuntimeOptions(ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads)
+    opts = RuntimeOptions(
+        ctx=ctx, n_gpu_layers=n_gpu_layers, cache_type_k=cache_type_k, cache_type_v=cache_type_v, threads=threads
+    )
     target = read_model(model)
     out = evaluate(
         target,
@@ -58,6 +62,8 @@ def eval_cmd(
         limit=limit,
         n_threads=opts.threads,
         n_gpu_layers=opts.n_gpu_layers,
+        type_k=opts.cache_type_k,
+        type_v=opts.cache_type_v,
         system=system or None,
         reward=reward,
         log=None if as_json else progress,

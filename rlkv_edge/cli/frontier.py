@@ -16,6 +16,7 @@ from rlkv_edge.atomic import atomic_path, atomic_write_text
 from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import ModelPathArg
 from rlkv_edge.errors import DataError, UsageError
+from rlkv_edge.evaluate import read_text_file
 from rlkv_edge.frontier import FrontierConfig, measure, plot, render, to_json
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.models import ModelFile, open_model, read_model
@@ -132,10 +133,7 @@ def frontier(
         raise UsageError("--plot needs matplotlib (pip install 'rlkv-edge[plot]')")
     if n_tokens < 16 or n_random < 0 or depth < 0:
         raise UsageError("--tokens must be >= 16, --random and --depth >= 0")
-    try:
-        body = text.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read text file {text}: {e}") from None
+    body = read_text_file(text)
     probe = open_model(target, n_ctx=512, sparsity=0.0 if target.converted else None, n_threads=1)
     tokens = probe.tokenize(body.encode("utf-8"), add_bos=True)[:n_tokens]
     probe.close()
