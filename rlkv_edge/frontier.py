@@ -74,35 +74,43 @@ def measure(
     base_lp: np.ndarray | None = None
     points: list[FrontierPoint] = []
     threads = n_threads or min(os.cpu_count() or 1, 8)
-    for cfg in configs:
-        llm = open_model(
-            cfg.path,
-            n_ctx=n_ctx,
-            sparsity=cfg.sparsity,
-            sink=cfg.sink,
-            window=cfg.window,
-            type_k=cfg.type_k,
-            type_v=cfg.type_v,
-            logits_all=True,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=512,
-            n_ubatch=512,
-        )
-        try:
-            from rlkv_edge import runtime
+    from rlkv_edge import runtime
 
+    for cfg in configs:
+
+        def load(logits_all: bool, cfg: FrontierConfig = cfg) -> Any:
+            return open_model(
+                cfg.path,
+                n_ctx=n_ctx,
+                sparsity=cfg.sparsity,
+                sink=cfg.sink,
+                window=cfg.window,
+                type_k=cfg.type_k,
+                type_v=cfg.type_v,
+                logits_all=logits_all,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=512,
+                n_ubatch=512,
+            )
+
+        llm = load(logits_all=True)
+        try:
             full, local = runtime.kv_bytes(llm)
             lp = text_logprobs(llm, tokens)
             base_lp = lp if base_lp is None else base_lp
             kl, top1 = compare_logprobs(base_lp, lp)
             del lp
-            point = FrontierPoint(cfg, full + local, kl, top1)
-            if depth is not None:
-                pp, tg = bench_loaded(llm, [depth], n_pp=512, n_tg=128, reps=1)
-                point.pp, point.tg = pp[depth][0], tg[depth][0]
         finally:
             llm.close()
+        point = FrontierPoint(cfg, full + local, kl, top1)
+        if depth is not None:  # a second load: logits for every token (for KL) slow llama-cpp-python's decode
+            llm = load(logits_all=False)
+            try:
+                pp, tg = bench_loaded(llm, [depth], n_pp=512, n_tg=128, reps=1)
+                point.pp, point.tg = pp[depth][0], tg[depth][0]
+            finally:
+                llm.close()
         points.append(point)
         if log:
             speed = f", pp512 {point.pp:.1f} t/s, tg128 {point.tg:.1f} t/s" if point.tg else ""

@@ -91,7 +91,8 @@ def _configs(
             cfgs.append(FrontierConfig(label, "rlkv+quant", model.path, s, sink, window, k, v))
     for sink, window in sws:
         cfgs.append(FrontierConfig(f"all-local S{sink}/W{window}", "all-local", model.path, 1.0, sink, window))
-    s_mid = sparsities[len(sparsities) // 2]
+    s_mid = min(sparsities, key=lambda s: abs(s - 0.5))  # random/uniform masks where rlkv is usually run
+    sink, window = sws[len(sws) // 2]
     for label, family, path in masks:
         cfgs.append(FrontierConfig(f"{label} s={s_mid:g} S{sink}/W{window}", family, path, s_mid, sink, window))
     return cfgs
