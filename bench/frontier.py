@@ -3,6 +3,7 @@ settings docs/RESULTS.md reports, on a real English text no one here wrote (the 
 Debian ships), writing bench/results/frontier.json and docs/frontier.png.
 
     python bench/frontier.py [--text FILE] [--tokens 4096] [--depth 2048] [--threads 2] [--quick]
+    python bench/frontier.py --render bench/results/frontier.json   # table and plot again, no measuring
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="512 tokens, no speed test, one random mask")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "frontier.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "frontier.png")
+    ap.add_argument("--render", type=Path, help="re-print the table and re-draw the plot of a results JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        return render_results(args.render, args.plot)
     from rlkv_edge.cli.options import default_model
 
     model = default_model().path
@@ -39,6 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--cache-type", "q8_0", "--cache-type", "q4_0", "--cache-type", "q8_0/q4_0"]
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.call(cmd)
+
+
+def render_results(path: Path, png: Path) -> int:
+    """Print the table of a results file and draw its plot again."""
+    import json
+
+    from rlkv_edge.frontier import from_json, plot, render
+
+    data = json.loads(path.read_text())
+    points = from_json(data)
+    print(render(points, data))
+    plot(points, png, f"{data['model']}: KV memory vs KL ({data['n_tokens']} tokens)")
+    return 0
 
 
 if __name__ == "__main__":

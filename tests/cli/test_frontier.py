@@ -11,7 +11,7 @@ from gguf_fixtures import write_tiny_gguf
 from typer.testing import CliRunner
 
 from rlkv_edge.cli import app
-from rlkv_edge.frontier import FrontierConfig, FrontierPoint, mark_front
+from rlkv_edge.frontier import FrontierConfig, FrontierPoint, from_json, mark_front, render
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,7 @@ def test_frontier_command(tiny32: Path, tmp_path: Path) -> None:
     assert any(p["on_front"] for p in points) and points[0]["on_front"]  # nothing beats KL 0 at f16 speed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| front | config |" in r.stdout
+    assert render(from_json(result), result) in r.stdout  # a results file re-renders the same table
 
 
 @pytest.mark.parametrize(
