@@ -125,6 +125,13 @@ bool llama_kv_cache_rlkv::local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_p
         return true;
     }
 
+    // nothing of the sequence lies in [p0, p1): nothing is removed. llama-cpp-python calls
+    // seq_rm(seq, n_past, -1) before every decode, so this keeps the check O(1) per generated token
+    const llama_kv_cache & logical = kv_full ? *kv_full : *kv_local;
+    if (logical.seq_pos_max(seq_id) < p0 || logical.seq_pos_min(seq_id) >= p1) {
+        return true;
+    }
+
     // R: what the local heads hold
     const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
     if (R.empty()) {
