@@ -8,6 +8,8 @@ from typing import Any
 
 from rlkv_edge.train.data import PROMPT_TEMPLATE
 
+OBJECTIVES = ("grpo", "ablation")
+
 
 @dataclass
 class TrainConfig:
@@ -44,6 +46,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     chat: bool | None = None
     prompt_template: str = PROMPT_TEMPLATE
+    objective: str = "grpo"  # grpo (RL on a verifiable reward) | ablation (training-free, needs text)
+    text: str | None = None  # calibration text of the ablation objective
+    text_tokens: int = 768
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,6 +63,10 @@ class TrainConfig:
             raise ValueError("prompt_template must contain {question}")
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError("tau must be in [0, 1] (it is compared with a mean 0/1 reward)")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "ablation" and (self.text is None or self.text_tokens < 2):
+            raise ValueError("--objective ablation needs --text FILE (a calibration text) and --text-tokens >= 2")
 
     @property
     def world_size(self) -> int:

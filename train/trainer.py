@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
@@ -133,14 +134,20 @@ def model_fingerprint(cfg: TrainConfig, model: PreTrainedModel) -> str:
     return "sha256-config:" + h.hexdigest()
 
 
-def heads_from_model(model: PreTrainedModel, cfg: TrainConfig, training: dict[str, Any] | None = None) -> HeadScores:
-    """The trained gates as a HeadScores in the model's original head order."""
+def heads_from_model(
+    model: PreTrainedModel,
+    cfg: TrainConfig,
+    training: dict[str, Any] | None = None,
+    scores: np.ndarray | None = None,
+    method: str = METHOD,
+) -> HeadScores:
+    """The trained gates (or other `scores`) as a HeadScores in the model's original head order."""
     mc = model.config
     return HeadScores(
-        scores=get_gates(model),
+        scores=get_gates(model) if scores is None else scores,
         sink_size=cfg.sink,
         window_size=cfg.window,
-        method=METHOD,
+        method=method,
         model={
             "architecture": str(getattr(mc, "model_type", None)),
             "n_layer": int(mc.num_hidden_layers),

@@ -111,6 +111,13 @@ def train(
     prompt_template: str = typer.Option(
         _D.prompt_template, help="User message around each problem; must contain {question}."
     ),
+    objective: str = typer.Option(
+        _D.objective,
+        help="grpo: RL on a verifiable reward; ablation: training-free, the KL each head's "
+        "ablation alone causes on --text (one forward pass per head).",
+    ),
+    text: str | None = typer.Option(None, help="Calibration text of --objective ablation."),
+    text_tokens: int = typer.Option(_D.text_tokens, help="Tokens of --text to use."),
 ) -> None:
     """Learn per-head scores with GRPO (RLKV) and write heads.json."""
     params = dict(locals())
@@ -124,6 +131,11 @@ def train(
     except ValueError as e:
         raise UsageError(str(e)) from None
 
+    if cfg.objective == "ablation":
+        from rlkv_edge.train.ablation import ablation_heads
+
+        _summary(ablation_heads(cfg, log=lambda m: console.print(m, highlight=False)), cfg)
+        return
     from rlkv_edge.train.trainer import train_heads
 
     trainer, heads = train_heads(cfg, callbacks=[_display_callback(cfg.steps)], print_logs=False)
