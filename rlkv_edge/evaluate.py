@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from rlkv_edge.errors import DataError, UsageError
-from rlkv_edge.masks import check_sparsity
-from rlkv_edge.models import ModelFile, open_model, read_model, require_compression
+from rlkv_edge.models import ModelFile, open_model, read_model, sparsity_configs
 from rlkv_edge.scoring import RewardFn, answers_match, extract_answer, get_reward
 
 SYSTEM_PROMPT = (
@@ -181,18 +180,6 @@ def load_reward(spec: str) -> RewardFn:
         raise UsageError(f"--reward {spec}: {e}") from None
 
 
-def _configs(model: ModelFile, sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
-    """(label, sparsity) of every configuration: no compression first, then each sparsity."""
-    if sparsities:
-        require_compression(model, "--sparsity")
-    if sparsities and not model.converted:
-        raise UsageError(f"{model.path} has no rlkv metadata; run `rlkv-edge convert` on it first")
-    for s in sparsities:
-        check_sparsity(s, "--sparsity")
-    base = ("none", 0.0 if model.converted else None)
-    return [base] + [(f"s={s:g}", s) for s in sparsities]
-
-
 def read_text_file(path: Path) -> str:
     """A UTF-8 text file for --text; DataError if it cannot be read or is empty."""
     try:
@@ -226,7 +213,7 @@ def evaluate(
         raise UsageError("give --tasks and/or --text")
     if not isinstance(model, ModelFile):
         model = read_model(model)
-    configs = _configs(model, sparsities)
+    configs = sparsity_configs(model, sparsities)
     task_list = load_tasks(tasks, limit) if tasks else []
     reward_fn = load_reward(reward) if reward else None
     text_str = read_text_file(text) if text is not None else None

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from rlkv_edge.errors import MetadataError, ModelError
+from rlkv_edge.errors import MetadataError, ModelError, UsageError
+from rlkv_edge.masks import check_sparsity
 from rlkv_edge.metadata import (
     SUPPORTED_ARCHITECTURES,
     GGUFHeader,
@@ -111,6 +113,18 @@ def check_loadable(model: ModelFile, overrides: dict[str, float | int]) -> None:
     problem = rlkv_problem(model.header, model.shape, overrides)
     if problem:
         raise MetadataError(f"{model.path}: {problem}")
+
+
+def sparsity_configs(model: ModelFile, sparsities: Sequence[float]) -> list[tuple[str, float | None]]:
+    """(label, sparsity) to measure: no compression first ("none": s = 0, or None without rlkv metadata),
+    then each sparsity; UsageError/ModelError when the values or the model do not allow them."""
+    for s in sparsities:
+        check_sparsity(s, "--sparsity")
+    if sparsities:
+        require_compression(model, "--sparsity")
+        if not model.converted:
+            raise UsageError(f"{model.path} has no rlkv metadata; run `rlkv-edge convert` on it first")
+    return [("none", 0.0 if model.converted else None)] + [(f"s={s:g}", s) for s in sparsities]
 
 
 def open_model(

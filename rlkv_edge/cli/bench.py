@@ -14,8 +14,7 @@ from rlkv_edge.bench import BenchConfig, markdown_table, parse_depths, results_j
 from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
 from rlkv_edge.errors import UsageError
-from rlkv_edge.masks import check_sparsity
-from rlkv_edge.models import read_model, require_compression
+from rlkv_edge.models import read_model, sparsity_configs
 
 
 def bench(
@@ -46,16 +45,9 @@ def bench(
     )
     target = read_model(model)
     base = read_model(baseline) if baseline is not None else None
-    sparsities = [check_sparsity(s, "--sparsity") for s in (sparsity or ([0.5] if target.converted else []))]
-    if sparsity:
-        require_compression(target, "--sparsity")
-    if sparsities and not target.converted:
-        raise UsageError(f"{model} has no rlkv metadata; run `rlkv-edge convert` on it first")
-    if base is not None:
-        configs = [BenchConfig("baseline", base.path, None, base)]
-    else:
-        configs = [BenchConfig("none", target.path, 0.0 if target.converted else None, target)]
-    configs += [BenchConfig(f"s={s:g}", target.path, s, target) for s in sparsities]
+    (none, s0), *compressed = sparsity_configs(target, sparsity or ([0.5] if target.converted else []))
+    first = BenchConfig("baseline", base.path, None, base) if base else BenchConfig(none, target.path, s0, target)
+    configs = [first] + [BenchConfig(label, target.path, s, target) for label, s in compressed]
     results = run_bench(
         configs,
         n_ctx=opts.ctx,
