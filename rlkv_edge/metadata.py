@@ -74,14 +74,6 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFReader:
     return reader
 
 
-def field_value(reader: GGUFReader, key: str) -> Any:
-    """The value of a metadata key (scalar, str or list), or None when absent."""
-    f = reader.get_field(key)
-    if f is None:
-        return None
-    return f.contents()
-
-
 def field_array(f: ReaderField) -> np.ndarray:
     """A numeric array field as one numpy array (fast path over gguf-py's per-item parts)."""
     if not f.types or f.types[0] != GGUFValueType.ARRAY:
