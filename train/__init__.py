@@ -1,7 +1,8 @@
-"""rlkv_edge.train: gated mixed attention, fused Triton kernel and the GRPO trainer that learns head scores.
+"""rlkv_edge.train: gated mixed attention, fused Triton kernel and the trainers that learn head scores
+(GRPO in ``trainer``, distillation in ``distill``, the training-free ablation baseline in ``ablation``).
 
 Needs the ``train`` extra (torch, transformers, trl). Submodules import torch; this package itself does
-not, so ``rlkv_edge.train.cli`` can be registered with the core CLI on machines without torch. The
+not, so ``rlkv_edge.cli.train`` can be registered with the core CLI on machines without torch. The
 ``rlkv`` attention implementation is registered with transformers when ``rlkv_edge.train.attention`` is
 imported (and again by ``install_gates``).
 """
@@ -24,6 +25,9 @@ _LAZY = {
     "TrainConfig": "config",
     "train_heads": "trainer",
     "RLKVGRPOTrainer": "trainer",
+    "strict_scores": "gates",
+    "train_distill": "distill",
+    "RLKVDistillTrainer": "distill",
 }
 
 __all__ = sorted(_LAZY)

@@ -8,7 +8,7 @@ from typing import Any
 
 from rlkv_edge.train.data import PROMPT_TEMPLATE
 
-OBJECTIVES = ("grpo", "ablation")
+OBJECTIVES = ("grpo", "distill", "ablation")
 
 
 @dataclass
@@ -46,9 +46,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     chat: bool | None = None
     prompt_template: str = PROMPT_TEMPLATE
-    objective: str = "grpo"  # grpo (RL on a verifiable reward) | ablation (training-free, needs text)
-    text: str | None = None  # calibration text of the ablation objective
-    text_tokens: int = 768
+    objective: str = "grpo"  # grpo (RL on a verifiable reward) | distill | ablation (both need text)
+    text: str | None = None  # the text distill trains on / ablation calibrates on
+    text_tokens: int = 768  # distill: tokens per chunk; ablation: tokens of the text used
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,8 +65,8 @@ class TrainConfig:
             raise ValueError("tau must be in [0, 1] (it is compared with a mean 0/1 reward)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.objective == "ablation" and (self.text is None or self.text_tokens < 2):
-            raise ValueError("--objective ablation needs --text FILE (a calibration text) and --text-tokens >= 2")
+        if self.objective in ("distill", "ablation") and (self.text is None or self.text_tokens < 2):
+            raise ValueError(f"--objective {self.objective} needs --text FILE (a long text) and --text-tokens >= 2")
 
     @property
     def world_size(self) -> int:

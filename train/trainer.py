@@ -22,7 +22,15 @@ from trl import GRPOConfig, GRPOTrainer
 from rlkv_edge.heads import HeadScores, save_heads
 from rlkv_edge.metadata import gguf_fingerprint
 from rlkv_edge.train.config import TrainConfig
-from rlkv_edge.train.gates import clamp_gates, gate_parameters, get_gates, load_gates, save_gates
+from rlkv_edge.train.gates import (
+    clamp_gates,
+    gate_parameters,
+    get_excess,
+    get_gates,
+    load_gates,
+    save_gates,
+    strict_scores,
+)
 
 METHOD = "rlkv-grpo"
 
@@ -43,7 +51,25 @@ class ClampGatesCallback(TrainerCallback):
             clamp_gates(model)
 
 
-class RLKVGRPOTrainer(GRPOTrainer):
+class GateCheckpoints:
+    """Trainer mixin: checkpoints hold only the gates and their clamp excess (the weights never change)."""
+
+    args: Any
+    accelerator: Any
+    model: Any
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save only the gates."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and output_dir is not None:
+            save_gates(self.accelerator.unwrap_model(self.model), output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load the gates of a checkpoint written by :meth:`_save`."""
+        load_gates(self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint)
+
+
+class RLKVGRPOTrainer(GateCheckpoints, GRPOTrainer):
     """GRPOTrainer + adaptive L1 penalty on the gates, gate clamping and gate-only checkpoints."""
 
     def __init__(self, *args: Any, rlkv_beta: float = 1e-3, rlkv_tau: float = 0.5, **kwargs: Any) -> None:
@@ -75,22 +101,17 @@ class RLKVGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["rlkv/heads_below_half"].append(float((g < 0.5).sum().item()))
         return loss
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save only the gates (the model weights never change)."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save and output_dir is not None:
-            save_gates(self.accelerator.unwrap_model(self.model), output_dir)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        """Load the gates of a checkpoint written by :meth:`_save`."""
-        load_gates(self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint)
+def use_bf16(cfg: TrainConfig) -> bool:
+    """Train in bf16: asked for, or `auto` on a GPU that supports it."""
+    return cfg.dtype == "bfloat16" or (
+        cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
 
 
 def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
     """GRPOConfig for the recipe: no KL, constant AdamW on the gates, group size G, P prompts per step."""
-    bf16 = cfg.dtype == "bfloat16" or (
-        cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    )
+    bf16 = use_bf16(cfg)
     kwargs: dict[str, Any] = dict(
         output_dir=cfg.output_dir,
         max_steps=cfg.steps,
@@ -141,10 +162,15 @@ def heads_from_model(
     scores: np.ndarray | None = None,
     method: str = METHOD,
 ) -> HeadScores:
-    """The trained gates (or other `scores`) as a HeadScores in the model's original head order."""
+    """The trained gates as strict scores (or other `scores`) as a HeadScores in the model's original head order."""
     mc = model.config
+    training = dict(training or {})
+    if scores is None:  # the gates, plus the clamp excess that orders the heads held at 0 or 1
+        gates, excess = get_gates(model), get_excess(model)
+        scores = strict_scores(gates, excess)
+        training.update(gates=gates.tolist(), clamp_excess=excess.tolist())
     return HeadScores(
-        scores=get_gates(model) if scores is None else scores,
+        scores=scores,
         sink_size=cfg.sink,
         window_size=cfg.window,
         method=method,
@@ -156,7 +182,7 @@ def heads_from_model(
             "name": cfg.model if not cfg.gguf_file else os.path.basename(cfg.gguf_file),
             "fingerprint": model_fingerprint(cfg, model),
         },
-        training={**cfg.provenance(), **(training or {})},
+        training={**cfg.provenance(), **training},
     )
 
 

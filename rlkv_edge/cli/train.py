@@ -1,4 +1,4 @@
-"""`rlkv-edge train`: learn per-head scores with GRPO (imports torch only when it runs)."""
+"""`rlkv-edge train`: learn per-head scores with GRPO, distillation or ablation (imports torch only when it runs)."""
 
 from __future__ import annotations
 
@@ -20,24 +20,31 @@ console = Console()
 _D = TrainConfig(model="")
 
 
-def _status_table(row: dict[str, Any], total: int, started: float) -> Table:
+# (column, log key, format) of the live display, per objective: what tells the user training works
+_QUALITY = {
+    "grpo": [("mean reward", "reward", ".3f")],
+    "distill": [("KL to full", "rlkv/kl", ".4f"), ("top-1", "rlkv/top1", ".3f")],
+}
+_GATES = [("mean gate", "rlkv/mean_gate", ".4f"), ("heads α<0.5", "rlkv/heads_below_half", ".0f"),
+          ("penalty β′", "rlkv/penalty_weight", ".2e")]  # fmt: skip
+
+
+def _status_table(row: dict[str, Any], total: int, started: float, objective: str = "grpo") -> Table:
     """One-row Rich table of the training state."""
-    t = Table(title="rlkv-edge train", expand=False)
-    for col in ("step", "mean reward", "mean gate", "heads α<0.5", "penalty β′", "elapsed"):
+    t = Table(title=f"rlkv-edge train ({objective})", expand=False)
+    columns = _QUALITY[objective] + _GATES
+    for col in ["step", *(c for c, _, _ in columns), "elapsed"]:
         t.add_column(col, justify="right")
 
     def f(key: str, fmt: str) -> str:
         v = row.get(key)
         return format(v, fmt) if isinstance(v, int | float) else "-"
 
-    t.add_row(
-        f"{row.get('step', 0)}/{total}", f("reward", ".3f"), f("rlkv/mean_gate", ".4f"),
-        f("rlkv/heads_below_half", ".0f"), f("rlkv/penalty_weight", ".2e"), f"{time.time() - started:.0f}s",
-    )  # fmt: skip
+    t.add_row(f"{row.get('step', 0)}/{total}", *(f(k, fmt) for _, k, fmt in columns), f"{time.time() - started:.0f}s")
     return t
 
 
-def _display_callback(total: int) -> Any:
+def _display_callback(total: int, objective: str = "grpo") -> Any:
     """A TrainerCallback showing a live Rich table on the main process."""
     from transformers import TrainerCallback
 
@@ -51,13 +58,14 @@ def _display_callback(total: int) -> Any:
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.is_world_process_zero:
-                self.live = Live(_status_table({"step": state.global_step}, total, self.started), console=console)
+                row = {"step": state.global_step}
+                self.live = Live(_status_table(row, total, self.started, objective), console=console)
                 self.live.start()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-            if self.live is not None and logs and "reward" in logs:
+            if self.live is not None and logs and "rlkv/mean_gate" in logs:
                 self.last = {**logs, "step": state.global_step}
-                self.live.update(_status_table(self.last, total, self.started))
+                self.live.update(_status_table(self.last, total, self.started, objective))
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.live is not None:
@@ -113,13 +121,16 @@ def train(
     ),
     objective: str = typer.Option(
         _D.objective,
-        help="grpo: RL on a verifiable reward; ablation: training-free, the KL each head's "
-        "ablation alone causes on --text (one forward pass per head).",
+        help="grpo: RL on a verifiable reward (--dataset, --reward); distill: keep the gated model's "
+        "next-token distribution close to the full model's on --text (no generation, cheap on a CPU); "
+        "ablation: training-free, the KL each head's ablation alone causes on --text (one forward pass per head).",
     ),
-    text: str | None = typer.Option(None, help="Calibration text of --objective ablation."),
-    text_tokens: int = typer.Option(_D.text_tokens, help="Tokens of --text to use."),
+    text: str | None = typer.Option(None, help="The long text of --objective distill / ablation."),
+    text_tokens: int = typer.Option(
+        _D.text_tokens, help="distill: tokens per training chunk; ablation: tokens of --text used."
+    ),
 ) -> None:
-    """Learn per-head scores with GRPO (RLKV) and write heads.json."""
+    """Learn per-head scores (GRPO, distillation or ablation) and write heads.json."""
     params = dict(locals())
     missing = [m for m in ("torch", "transformers", "trl") if importlib.util.find_spec(m) is None]
     if missing:
@@ -136,8 +147,14 @@ def train(
 
         _summary(ablation_heads(cfg, log=lambda m: console.print(m, highlight=False)), cfg)
         return
-    from rlkv_edge.train.trainer import train_heads
+    if cfg.objective == "distill":
+        from rlkv_edge.train.distill import train_distill
 
-    trainer, heads = train_heads(cfg, callbacks=[_display_callback(cfg.steps)], print_logs=False)
+        run: Any = train_distill
+    else:
+        from rlkv_edge.train.trainer import train_heads
+
+        run = train_heads
+    trainer, heads = run(cfg, callbacks=[_display_callback(cfg.steps, cfg.objective)], print_logs=False)
     if trainer.accelerator.is_main_process:
         _summary(heads, cfg)
