@@ -45,7 +45,8 @@ def _status_table(row: dict[str, Any], total: int, started: float, objective: st
 
 
 def _display_callback(total: int, objective: str = "grpo") -> Any:
-    """A TrainerCallback showing a live Rich table on the main process."""
+    """A TrainerCallback showing a live Rich table on the main process (one plain line per step when the
+    output is not a terminal, e.g. a log file, where a live display would print nothing until the end)."""
     from transformers import TrainerCallback
 
     class RichDisplay(TrainerCallback):  # type: ignore[misc]
@@ -66,6 +67,13 @@ def _display_callback(total: int, objective: str = "grpo") -> Any:
             if self.live is not None and logs and "rlkv/mean_gate" in logs:
                 self.last = {**logs, "step": state.global_step}
                 self.live.update(_status_table(self.last, total, self.started, objective))
+                if not console.is_terminal:
+                    values = ", ".join(
+                        f"{name} {format(self.last[key], fmt)}"
+                        for name, key, fmt in _QUALITY[objective] + _GATES
+                        if isinstance(self.last.get(key), int | float)
+                    )
+                    print(f"step {state.global_step}/{total}: {values}", flush=True)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.live is not None:

@@ -120,7 +120,7 @@ def test_distill_command(tmp_path: Path) -> None:
     common += ["--out", str(out), "--output-dir", str(tmp_path / "run"), "--steps", "2", "--text-tokens", "64"]
     r = CliRunner().invoke(app, [*common, "--sink", "2", "--window", "4"])
     assert r.exit_code == 0, r.output
-    assert load_heads(out).method == "rlkv-distill" and "KL to full" in r.output
+    assert load_heads(out).method == "rlkv-distill" and "step 2/2: KL to full" in r.output
     out.unlink()
     r = CliRunner().invoke(app, [*common, "--sink", "300", "--window", "64"])
     assert r.exit_code == 2 and "more than S + W = 364" in r.stderr and not out.exists(), r.output

@@ -1,0 +1,329 @@
+"""The cross table (issue 14): head scores from every method, each judged on every evaluation.
+
+Head sets (rows): the files given with --heads NAME=FILE (by default the ones in bench/results/ that exist:
+GRPO on key recall = the shipped default heads, distillation and ablation on the Apache-2.0 licence text,
+GRPO on the reasoning task), three random masks and a per-layer-uniform mask (bench/showcase.py's). Every
+set is converted with the same S and W (--sink/--window: the deployment setting), so only the ranking of
+heads differs between rows.
+
+Evaluations (columns), through the patched llama.cpp on the bundled SmolLM2-135M-Instruct, greedy:
+* held-out reasoning accuracy (rlkv_edge.reasoning, EVAL_SEED): a chain of thought longer than S + W;
+* held-out key-recall accuracy (rlkv_edge.tasks, EVAL_SEED);
+* mean KL(full ‖ compressed) and top-1 agreement over a real English text none of the head sets was
+  trained or calibrated on (the GPL-3 licence text, /usr/share/common-licenses/GPL-3).
+at s = 0.25 / 0.5 / 0.75, plus the full cache and all-local (s = 1) rows.
+
+It also answers the paper's question as this model does: overlap (Jaccard) of the full-head sets at
+s = 0.5 and Spearman rank correlation between every two learned score tables, and each set's mean rank
+over the three evaluations at each s (the rule that picks the shipped default heads, docs/RESULTS.md).
+
+    .venv/bin/python bench/cross_table.py                        # ~1 h on 2 cores; --cache makes reruns incremental
+    .venv/bin/python bench/cross_table.py --render bench/results/cross_table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from showcase import default_threads, random_scores, uniform_scores
+
+from rlkv_edge import reasoning as R
+from rlkv_edge import tasks as T
+from rlkv_edge.convert import convert_gguf
+from rlkv_edge.evaluate import Task, compare_logprobs, read_text_file, run_tasks, text_logprobs
+from rlkv_edge.heads import HeadScores, load_heads
+from rlkv_edge.masks import full_head_mask
+from rlkv_edge.models import bundled_model_path, default_heads_path, open_model
+
+RESULTS = Path(__file__).parent / "results"
+SPARSITIES = (0.25, 0.5, 0.75)
+TEXT = Path("/usr/share/common-licenses/GPL-3")
+DEFAULT_HEADS = {  # name → file, used when it exists
+    "grpo-reasoning": RESULTS / "heads_grpo_reasoning.json",
+    "grpo-recall": None,  # the shipped default heads
+    "distill": RESULTS / "heads_distill_apache2.json",
+    "ablation": RESULTS / "heads_ablation_apache2.json",
+}
+EVALS = ("reasoning", "recall", "kl")
+
+
+@dataclass
+class Row:
+    """One head set at one sparsity."""
+
+    heads: str
+    sparsity: float
+    reasoning: float | None = None
+    recall: float | None = None
+    kl: float | None = None
+    top1: float | None = None
+    ranks: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Family:
+    """A held-out task family: its problems, reward and answer length."""
+
+    name: str
+    problems: list[dict[str, str]]
+    reward: Callable[..., list[float]]
+    max_tokens: int
+
+    def accuracy(self, llm: Any) -> float:
+        """Fraction answered correctly (the question alone through the chat template, greedy)."""
+        tasks = [Task(p["question"], p["answer"]) for p in self.problems]
+        res = run_tasks(llm, tasks, max_tokens=self.max_tokens, label="", sparsity=None, system=None, reward=self.reward)
+        return sum(int(o["correct"]) for o in res.outputs) / len(self.problems)
+
+
+def head_sets(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Score tables by name: the given (or default) files, random masks, the per-layer-uniform mask."""
+    files: dict[str, Path] = {}
+    if args.heads:
+        for spec in args.heads:
+            name, _, path = spec.partition("=")
+            files[name] = Path(path)
+    else:
+        for name, path in DEFAULT_HEADS.items():
+            path = path or default_heads_path()
+            if path is not None and path.is_file():
+                files[name] = path
+    sets = {name: load_heads(path).scores for name, path in files.items()}
+    shape = next(iter(sets.values())).shape
+    for seed in range(args.n_random):
+        sets[f"random-{seed}"] = random_scores(shape, seed)
+    sets["uniform"] = uniform_scores(shape, 0)
+    return sets
+
+
+def digest(scores: np.ndarray) -> str:
+    """Short hash of a score table (cache key)."""
+    return hashlib.sha256(np.ascontiguousarray(scores, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+class Measurer:
+    """Measures (head set, s) pairs, reusing and updating the --cache JSON."""
+
+    def __init__(self, args: argparse.Namespace, src: Path, tmp: Path, log: Callable[[str], None]) -> None:
+        self.args, self.src, self.tmp, self.log = args, src, tmp, log
+        self.families = [
+            Family("reasoning", R.make_problems(args.n_reasoning, R.EVAL_SEED), R.reasoning_reward, R.MAX_TOKENS),
+            Family("recall", T.make_problems(args.n_recall, T.EVAL_SEED), T.recall_reward, 16),
+        ]
+        self.cache: dict[str, Any] = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
+        self.settings = f"{args.sink}|{args.window}|{args.n_reasoning}|{args.n_recall}|{args.text_tokens}"
+        self.tokens: list[int] = []
+        self.base_lp: np.ndarray | None = None
+
+    def convert(self, name: str, scores: np.ndarray) -> Path:
+        """The bundled model converted with these scores at the common S and W."""
+        dst = self.tmp / f"{name}.rlkv.gguf"
+        if not dst.exists():
+            n_layer, n_kv = scores.shape
+            model = {"n_layer": n_layer, "n_head_kv": n_kv}
+            convert_gguf(self.src, HeadScores(scores, self.args.sink, self.args.window, name, model, {}), dst, progress=False)
+        return dst
+
+    def text_tokens(self, path: Path) -> list[int]:
+        """The first --text-tokens tokens of the held-out text."""
+        if not self.tokens:
+            probe = open_model(path, n_ctx=512, sparsity=0.0, n_threads=self.args.threads)
+            try:
+                self.tokens = probe.tokenize(read_text_file(TEXT).encode("utf-8"), add_bos=True)[: self.args.text_tokens]
+            finally:
+                probe.close()
+        return self.tokens
+
+    def _measure(self, path: Path, s: float) -> dict[str, float]:
+        """Both accuracies, KL and top-1 of one model file at one sparsity."""
+        out: dict[str, float] = {}
+        llm = open_model(path, n_ctx=2048, sparsity=s, n_threads=self.args.threads)
+        try:
+            for fam in self.families:
+                out[fam.name] = fam.accuracy(llm)
+        finally:
+            llm.close()
+        tokens = self.text_tokens(path)
+        llm = open_model(path, n_ctx=len(tokens) + 16, sparsity=s, n_threads=self.args.threads, logits_all=True)
+        try:
+            lp = text_logprobs(llm, tokens)
+        finally:
+            llm.close()
+        if self.base_lp is None and s == 0.0:
+            self.base_lp = lp
+        if self.base_lp is None:
+            raise RuntimeError("measure the full cache first")
+        out["kl"], out["top1"] = compare_logprobs(self.base_lp, lp)
+        return out
+
+    def row(self, name: str, scores: np.ndarray, s: float) -> Row:
+        """One row, from the cache or measured (the full cache's text logprobs are kept for KL)."""
+        key = f"{name}|{digest(scores) if 0 < s < 1 else '-'}|{s:g}|{self.settings}"
+        path = self.convert(name, scores)
+        if s == 0.0 and self.base_lp is None:
+            c = self._measure(path, 0.0)  # always measured: later rows need its logprobs
+            self.cache[key] = c
+        elif key in self.cache:
+            c = self.cache[key]
+        else:
+            c = self._measure(path, s)
+            self.cache[key] = c
+            if self.args.cache:
+                self.args.cache.write_text(json.dumps(self.cache, indent=1))
+        self.log(
+            f"s={s:g} {name}: reasoning {c['reasoning']:.3f}, recall {c['recall']:.3f}, KL {c['kl']:.4f}, "
+            f"top-1 {c['top1']:.4f}"
+        )
+        return Row(name, s, c["reasoning"], c["recall"], c["kl"], c["top1"])
+
+
+def add_ranks(rows: list[Row]) -> None:
+    """Each row's rank (1 = best) among the head sets at its sparsity, per evaluation, and their mean."""
+    for s in {r.sparsity for r in rows}:
+        at = [r for r in rows if r.sparsity == s and 0 < s < 1]
+        for ev in EVALS:
+            values = np.array([-(getattr(r, ev) or 0.0) if ev != "kl" else (r.kl or 0.0) for r in at])
+            # average ranks for ties: the mean of the positions the tied values occupy
+            order = values.argsort(kind="stable")
+            pos = np.empty(len(at))
+            pos[order] = np.arange(1, len(at) + 1)
+            for v in np.unique(values):
+                pos[values == v] = pos[values == v].mean()
+            for r, p in zip(at, pos, strict=True):
+                r.ranks[ev] = float(p)
+        for r in at:
+            r.ranks["mean"] = float(np.mean([r.ranks[ev] for ev in EVALS]))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score tables (average ranks for ties)."""
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        x = x.ravel().astype(np.float64)
+        r = np.empty(x.size)
+        r[x.argsort(kind="stable")] = np.arange(x.size)
+        for v in np.unique(x):
+            r[x == v] = r[x == v].mean()
+        return r
+
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def similarity(sets: dict[str, np.ndarray], learned: list[str], s: float = 0.5) -> list[dict[str, Any]]:
+    """Jaccard overlap of the full-head sets at s and Spearman correlation, for every two learned sets."""
+    out = []
+    for i, a in enumerate(learned):
+        for b in learned[i + 1 :]:
+            ma, mb = full_head_mask(sets[a], s), full_head_mask(sets[b], s)
+            jac = float((ma & mb).sum() / max(1, (ma | mb).sum()))
+            out.append({"a": a, "b": b, "jaccard": jac, "spearman": spearman(sets[a], sets[b])})
+    return out
+
+
+def markdown(saved: dict[str, Any]) -> str:
+    """The tables of a results dict: the cross table per s, the mean ranks, the similarity of head sets."""
+    rows = [Row(**r) for r in saved["rows"]]
+    lines = [
+        f"S={saved['sink']}, W={saved['window']}; held-out reasoning: {saved['n_reasoning']} problems, key recall: "
+        f"{saved['n_recall']}; KL / top-1 over {saved['text_tokens']} tokens of {saved['text']}; "
+        f"{saved['threads']} threads, {saved['machine']}",
+        "",
+        "| s | heads | reasoning acc. | key-recall acc. | mean KL | top-1 | rank R / K / KL | mean rank |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rk = "/".join(f"{r.ranks[e]:g}" for e in EVALS) if r.ranks else "–"
+        mean = f"{r.ranks['mean']:.2f}" if r.ranks else "–"
+        lines.append(
+            f"| {r.sparsity:g} | {r.heads} | {100 * (r.reasoning or 0):.1f}% | {100 * (r.recall or 0):.1f}% | "
+            f"{r.kl or 0:.4f} | {100 * (r.top1 or 0):.1f}% | {rk} | {mean} |"
+        )
+    sim = saved.get("similarity") or []
+    if sim:
+        lines += ["", "| head sets | full-set overlap at s=0.5 (Jaccard) | Spearman ρ of the scores |", "|---|---:|---:|"]
+        lines += [f"| {d['a']} vs {d['b']} | {d['jaccard']:.2f} | {d['spearman']:+.2f} |" for d in sim]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--heads", action="append", default=None, metavar="NAME=FILE", help="a head set (repeatable)")
+    ap.add_argument("--sink", type=int, default=64)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--sparsity", type=float, action="append", default=None, help="repeatable (default .25 .5 .75)")
+    ap.add_argument("--n-reasoning", type=int, default=40, help="held-out reasoning problems")
+    ap.add_argument("--n-recall", type=int, default=40, help="held-out key-recall problems")
+    ap.add_argument("--text-tokens", type=int, default=2048, help="tokens of the held-out text for KL")
+    ap.add_argument("--n-random", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--model", type=Path, default=None, help="unconverted GGUF (default: the bundled SmolLM2)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "cross_table.json")
+    ap.add_argument("--cache", type=Path, default=None, help="JSON cache of measured rows (reused when it matches)")
+    ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="print the tables of a results file")
+    args = ap.parse_args(argv)
+    args.sparsity = args.sparsity or list(SPARSITIES)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print and save the cross table (or reprint a saved one with --render)."""
+    args = parse_args(argv)
+    if args.render is not None:
+        print(markdown(json.loads(args.render.read_text())))
+        return 0
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    src = args.model or bundled_model_path()
+    sets = head_sets(args)
+    learned = [n for n in sets if not n.startswith("random-") and n != "uniform"]
+    log(f"head sets: {', '.join(sets)}; S={args.sink}, W={args.window}")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="rlkv-cross-") as tmp:
+        m = Measurer(args, src, Path(tmp), log)
+        first = learned[0]
+        rows.append(m.row("full cache", sets[first], 0.0))
+        for s in args.sparsity:
+            rows += [m.row(name, scores, s) for name, scores in sets.items()]
+        rows.append(m.row("all local", sets[first], 1.0))
+    add_ranks(rows)
+    saved: dict[str, Any] = {
+        "model": src.name,
+        "sink": args.sink,
+        "window": args.window,
+        "n_reasoning": args.n_reasoning,
+        "n_recall": args.n_recall,
+        "text": TEXT.name,
+        "text_tokens": len(m.tokens),
+        "sparsities": args.sparsity,
+        "threads": args.threads,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "elapsed_s": round(time.time() - t0, 1),
+        "rows": [r.__dict__ for r in rows],
+        "similarity": similarity(sets, learned),
+    }
+    table = markdown(saved)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**saved, "table": table}, indent=2) + "\n")
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
