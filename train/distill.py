@@ -170,7 +170,7 @@ def train_distill(
         trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resolve_resume(cfg))
     clamp_gates(model)
-    last = trainer.state.log_history[-1] if trainer.state.log_history else {}
+    last = next((h for h in reversed(trainer.state.log_history) if "rlkv/kl" in h), {})
     extra = {
         "text": text.name,
         "n_chunks": len(chunks),

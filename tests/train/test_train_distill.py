@@ -82,6 +82,7 @@ def test_run_moves_gates_writes_heads_and_resumes_exactly(tmp_path: Path) -> Non
     assert loaded.method == "rlkv-distill" and (loaded.sink_size, loaded.window_size) == (2, 4)
     raw = json.loads(Path(cfg.out).read_text())["training"]
     assert raw["objective"] == "distill" and raw["n_chunks"] == 5 and raw["steps_done"] == 4
+    assert raw["final_kl"] > 0 and 0 < raw["final_top1"] <= 1
     kls = [h["rlkv/kl"] for h in trainer.state.log_history if "rlkv/kl" in h]
     assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > kls[0]  # gates start at 1: the teacher itself
     ckpt = Path(cfg.output_dir) / "checkpoint-2"
