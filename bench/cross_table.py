@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 from showcase import default_threads, random_scores, uniform_scores
 
-from rlkv_edge import reasoning as R
 from rlkv_edge import tasks as T
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.evaluate import Task, compare_logprobs, read_text_file, run_tasks, text_logprobs
@@ -84,7 +83,9 @@ class Family:
     def accuracy(self, llm: Any) -> float:
         """Fraction answered correctly (the question alone through the chat template, greedy)."""
         tasks = [Task(p["question"], p["answer"]) for p in self.problems]
-        res = run_tasks(llm, tasks, max_tokens=self.max_tokens, label="", sparsity=None, system=None, reward=self.reward)
+        res = run_tasks(
+            llm, tasks, max_tokens=self.max_tokens, label="", sparsity=None, system=None, reward=self.reward
+        )
         return sum(int(o["correct"]) for o in res.outputs) / len(self.problems)
 
 
@@ -114,16 +115,23 @@ def digest(scores: np.ndarray) -> str:
 
 
 class Measurer:
-    """Measures (head set, s) pairs, reusing and updating the --cache JSON."""
+    """Measures (head set, s, evaluation) triples, reusing and updating the --cache JSON (one entry each, so a
+    new evaluation or head set measures only what is missing)."""
 
     def __init__(self, args: argparse.Namespace, src: Path, tmp: Path, log: Callable[[str], None]) -> None:
         self.args, self.src, self.tmp, self.log = args, src, tmp, log
-        self.families = [
-            Family("reasoning", R.make_problems(args.n_reasoning, R.EVAL_SEED), R.reasoning_reward, R.MAX_TOKENS),
-            Family("recall", T.make_problems(args.n_recall, T.EVAL_SEED), T.recall_reward, 16),
-        ]
+        self.families: list[Family] = []
+        if "reasoning" in args.evals:
+            from rlkv_edge import reasoning as R
+
+            problems = R.make_problems(args.n_reasoning, R.EVAL_SEED)
+            self.families.append(Family("reasoning", problems, R.reasoning_reward, R.MAX_TOKENS))
+        if "recall" in args.evals:
+            self.families.append(Family("recall", T.make_problems(args.n_recall, T.EVAL_SEED), T.recall_reward, 16))
         self.cache: dict[str, Any] = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
-        self.settings = f"{args.sink}|{args.window}|{args.n_reasoning}|{args.n_recall}|{args.text_tokens}"
+        self.settings = {
+            "reasoning": f"{args.n_reasoning}", "recall": f"{args.n_recall}", "kl": f"{args.text_tokens}",
+        }  # fmt: skip
         self.tokens: list[int] = []
         self.base_lp: np.ndarray | None = None
 
@@ -133,67 +141,73 @@ class Measurer:
         if not dst.exists():
             n_layer, n_kv = scores.shape
             model = {"n_layer": n_layer, "n_head_kv": n_kv}
-            convert_gguf(self.src, HeadScores(scores, self.args.sink, self.args.window, name, model, {}), dst, progress=False)
+            table = HeadScores(scores, self.args.sink, self.args.window, name, model, {})
+            convert_gguf(self.src, table, dst, progress=False)
         return dst
 
-    def text_tokens(self, path: Path) -> list[int]:
-        """The first --text-tokens tokens of the held-out text."""
+    def text_logprobs(self, path: Path, s: float) -> np.ndarray:
+        """Log-probabilities over the first --text-tokens tokens of the held-out text."""
         if not self.tokens:
             probe = open_model(path, n_ctx=512, sparsity=0.0, n_threads=self.args.threads)
             try:
-                self.tokens = probe.tokenize(read_text_file(TEXT).encode("utf-8"), add_bos=True)[: self.args.text_tokens]
+                body = read_text_file(TEXT).encode("utf-8")
+                self.tokens = probe.tokenize(body, add_bos=True)[: self.args.text_tokens]
             finally:
                 probe.close()
-        return self.tokens
+        n_ctx = len(self.tokens) + 16
+        llm = open_model(path, n_ctx=n_ctx, sparsity=s, n_threads=self.args.threads, logits_all=True)
+        try:
+            return text_logprobs(llm, self.tokens)
+        finally:
+            llm.close()
 
-    def _measure(self, path: Path, s: float) -> dict[str, float]:
-        """Both accuracies, KL and top-1 of one model file at one sparsity."""
+    def _measure(self, path: Path, s: float, evals: list[str]) -> dict[str, float]:
+        """The asked evaluations of one model file at one sparsity."""
         out: dict[str, float] = {}
-        llm = open_model(path, n_ctx=2048, sparsity=s, n_threads=self.args.threads)
-        try:
-            for fam in self.families:
-                out[fam.name] = fam.accuracy(llm)
-        finally:
-            llm.close()
-        tokens = self.text_tokens(path)
-        llm = open_model(path, n_ctx=len(tokens) + 16, sparsity=s, n_threads=self.args.threads, logits_all=True)
-        try:
-            lp = text_logprobs(llm, tokens)
-        finally:
-            llm.close()
-        if self.base_lp is None and s == 0.0:
-            self.base_lp = lp
-        if self.base_lp is None:
-            raise RuntimeError("measure the full cache first")
-        out["kl"], out["top1"] = compare_logprobs(self.base_lp, lp)
+        families = [f for f in self.families if f.name in evals]
+        if families:
+            llm = open_model(path, n_ctx=2048, sparsity=s, n_threads=self.args.threads)
+            try:
+                for fam in families:
+                    out[fam.name] = fam.accuracy(llm)
+            finally:
+                llm.close()
+        if "kl" in evals:
+            if self.base_lp is None:
+                self.base_lp = self.text_logprobs(path, 0.0)
+            lp = self.base_lp if s == 0.0 else self.text_logprobs(path, s)
+            out["kl"], out["top1"] = compare_logprobs(self.base_lp, lp)
         return out
 
     def row(self, name: str, scores: np.ndarray, s: float) -> Row:
-        """One row, from the cache or measured (the full cache's text logprobs are kept for KL)."""
-        key = f"{name}|{digest(scores) if 0 < s < 1 else '-'}|{s:g}|{self.settings}"
-        path = self.convert(name, scores)
-        if s == 0.0 and self.base_lp is None:
-            c = self._measure(path, 0.0)  # always measured: later rows need its logprobs
-            self.cache[key] = c
-        elif key in self.cache:
-            c = self.cache[key]
-        else:
-            c = self._measure(path, s)
-            self.cache[key] = c
+        """One row: cached evaluations from --cache, the missing ones measured (and cached)."""
+        ident = f"{name}|{digest(scores) if 0 < s < 1 else '-'}|{s:g}|{self.args.sink}|{self.args.window}"
+        keys = {ev: f"{ev}|{ident}|{self.settings[ev]}" for ev in self.args.evals}
+        missing = [ev for ev, k in keys.items() if k not in self.cache]
+        if missing:
+            got = self._measure(self.convert(name, scores), s, missing)
+            for ev in missing:
+                self.cache[keys[ev]] = {"kl": got["kl"], "top1": got["top1"]} if ev == "kl" else got[ev]
             if self.args.cache:
                 self.args.cache.write_text(json.dumps(self.cache, indent=1))
-        self.log(
-            f"s={s:g} {name}: reasoning {c['reasoning']:.3f}, recall {c['recall']:.3f}, KL {c['kl']:.4f}, "
-            f"top-1 {c['top1']:.4f}"
-        )
-        return Row(name, s, c["reasoning"], c["recall"], c["kl"], c["top1"])
+        row = Row(name, s)
+        for ev, k in keys.items():
+            value = self.cache[k]
+            if ev == "kl":
+                row.kl, row.top1 = value["kl"], value["top1"]
+            else:
+                setattr(row, ev, value)
+        shown = [f"{ev} {getattr(row, ev):.4f}" for ev in (*EVALS, "top1") if getattr(row, ev) is not None]
+        self.log(f"s={s:g} {name}: " + ", ".join(shown))
+        return row
 
 
 def add_ranks(rows: list[Row]) -> None:
     """Each row's rank (1 = best) among the head sets at its sparsity, per evaluation, and their mean."""
     for s in {r.sparsity for r in rows}:
         at = [r for r in rows if r.sparsity == s and 0 < s < 1]
-        for ev in EVALS:
+        evals = [ev for ev in EVALS if at and getattr(at[0], ev) is not None]
+        for ev in evals:
             values = np.array([-(getattr(r, ev) or 0.0) if ev != "kl" else (r.kl or 0.0) for r in at])
             # average ranks for ties: the mean of the positions the tied values occupy
             order = values.argsort(kind="stable")
@@ -204,7 +218,7 @@ def add_ranks(rows: list[Row]) -> None:
             for r, p in zip(at, pos, strict=True):
                 r.ranks[ev] = float(p)
         for r in at:
-            r.ranks["mean"] = float(np.mean([r.ranks[ev] for ev in EVALS]))
+            r.ranks["mean"] = float(np.mean([r.ranks[ev] for ev in evals]))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -244,15 +258,19 @@ def markdown(saved: dict[str, Any]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        rk = "/".join(f"{r.ranks[e]:g}" for e in EVALS) if r.ranks else "–"
+        rk = "/".join(f"{r.ranks[e]:g}" if e in r.ranks else "–" for e in EVALS) if r.ranks else "–"
         mean = f"{r.ranks['mean']:.2f}" if r.ranks else "–"
-        lines.append(
-            f"| {r.sparsity:g} | {r.heads} | {100 * (r.reasoning or 0):.1f}% | {100 * (r.recall or 0):.1f}% | "
-            f"{r.kl or 0:.4f} | {100 * (r.top1 or 0):.1f}% | {rk} | {mean} |"
-        )
+
+        def pct(v: float | None) -> str:
+            return "–" if v is None else f"{100 * v:.1f}%"
+
+        kl = "–" if r.kl is None else f"{r.kl:.4f}"
+        cells = [f"{r.sparsity:g}", r.heads, pct(r.reasoning), pct(r.recall), kl, pct(r.top1), rk, mean]
+        lines.append("| " + " | ".join(cells) + " |")
     sim = saved.get("similarity") or []
     if sim:
-        lines += ["", "| head sets | full-set overlap at s=0.5 (Jaccard) | Spearman ρ of the scores |", "|---|---:|---:|"]
+        lines += ["", "| head sets | full-set overlap at s=0.5 (Jaccard) | Spearman ρ of the scores |"]
+        lines += ["|---|---:|---:|"]
         lines += [f"| {d['a']} vs {d['b']} | {d['jaccard']:.2f} | {d['spearman']:+.2f} |" for d in sim]
     return "\n".join(lines)
 
@@ -268,6 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n-recall", type=int, default=40, help="held-out key-recall problems")
     ap.add_argument("--text-tokens", type=int, default=2048, help="tokens of the held-out text for KL")
     ap.add_argument("--n-random", type=int, default=3)
+    ap.add_argument("--evals", default=",".join(EVALS), help="comma-separated subset of reasoning,recall,kl")
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--model", type=Path, default=None, help="unconverted GGUF (default: the bundled SmolLM2)")
     ap.add_argument("--out", type=Path, default=RESULTS / "cross_table.json")
@@ -275,6 +294,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--render", type=Path, default=None, metavar="JSON", help="print the tables of a results file")
     args = ap.parse_args(argv)
     args.sparsity = args.sparsity or list(SPARSITIES)
+    args.evals = [e for e in EVALS if e in args.evals.split(",")]
     return args
 
 
