@@ -82,23 +82,25 @@ def filler(rng: random.Random, n_words: int) -> str:
     return "\n\n".join(paras)
 
 
-def make_problem(rng: random.Random, n_words: int = N_WORDS) -> dict[str, str]:
-    """One problem: a fact near the start, ~n_words words of filler, then the question."""
+def make_problem(rng: random.Random, n_words: int = N_WORDS, lead_words: int = 0) -> dict[str, str]:
+    """One problem: a fact near the start (after ~lead_words words of filler, which put it beyond the sink
+    tokens of larger S), ~n_words words of filler, then the question."""
     colour, obj = rng.choice(COLOURS), rng.choice(OBJECTS)
     code = rng.randint(1000, 9999)
     thing = f"the {colour} {obj}"
+    lead = f"{filler(rng, lead_words)}\n\n" if lead_words > 0 else ""
     text = (
-        f"Read the story and remember the code.\n\nThe secret code of {thing} is {code}.\n\n"
+        f"Read the story and remember the code.\n\n{lead}The secret code of {thing} is {code}.\n\n"
         f"{filler(rng, n_words)}\n\n"
         f"Question: What is the secret code of {thing}? Reply with the four-digit code."
     )
     return {"question": text, "answer": str(code)}
 
 
-def make_problems(n: int, seed: int, n_words: int = N_WORDS) -> list[dict[str, str]]:
+def make_problems(n: int, seed: int, n_words: int = N_WORDS, lead_words: int = 0) -> list[dict[str, str]]:
     """n problems, deterministic for a seed (use TRAIN_SEED for training, EVAL_SEED for held-out)."""
     rng = random.Random(seed)
-    return [make_problem(rng, n_words) for _ in range(n)]
+    return [make_problem(rng, n_words, lead_words) for _ in range(n)]
 
 
 def long_text(seed: int = TEXT_SEED, n_words: int = 4000) -> str:
@@ -152,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--seed", type=int, default=TRAIN_SEED)
     ap.add_argument("--words", type=int, default=N_WORDS, help="filler words per problem")
+    ap.add_argument("--lead-words", type=int, default=0, help="filler words before the code (beyond S sinks)")
     args = ap.parse_args(argv)
-    write_jsonl(make_problems(args.n, args.seed, args.words), args.out)
+    write_jsonl(make_problems(args.n, args.seed, args.words, args.lead_words), args.out)
     print(f"wrote {args.n} problems (seed {args.seed}) to {args.out}")
 
 

@@ -111,3 +111,13 @@ def test_summary_by_sparsity_and_render(tmp_path, capsys):
     saved.write_text(json.dumps({**meta, "rows": [r.__dict__ for r in rows]}))
     assert sc.main(["--render", str(saved)]) == 0
     assert table in capsys.readouterr().out
+
+
+def test_lead_words_move_the_code_past_the_sinks():
+    """lead_words puts filler before the code; lead_words=0 keeps the original problems (same RNG use)."""
+    plain = T.make_problems(5, T.EVAL_SEED)
+    assert plain == T.make_problems(5, T.EVAL_SEED, lead_words=0)
+    led = T.make_problems(5, T.EVAL_SEED, n_words=250, lead_words=60)
+    for p in led:
+        assert p["question"].index(p["answer"]) > 300  # ~60 words of filler first
+        assert p["question"].count(p["answer"]) == 1
