@@ -127,10 +127,12 @@ class Measurer:
             problems = R.make_problems(args.n_reasoning, R.EVAL_SEED)
             self.families.append(Family("reasoning", problems, R.reasoning_reward, R.MAX_TOKENS))
         if "recall" in args.evals:
-            self.families.append(Family("recall", T.make_problems(args.n_recall, T.EVAL_SEED), T.recall_reward, 16))
+            problems = T.make_problems(args.n_recall, T.EVAL_SEED, args.recall_words, args.recall_lead)
+            self.families.append(Family("recall", problems, T.recall_reward, 16))
         self.cache: dict[str, Any] = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
         self.settings = {
-            "reasoning": f"{args.n_reasoning}", "recall": f"{args.n_recall}", "kl": f"{args.text_tokens}",
+            "reasoning": f"{args.n_reasoning}", "recall": f"{args.n_recall}|{args.recall_words}|{args.recall_lead}",
+            "kl": f"{args.text_tokens}",
         }  # fmt: skip
         self.tokens: list[int] = []
         self.base_lp: np.ndarray | None = None
@@ -250,9 +252,9 @@ def markdown(saved: dict[str, Any]) -> str:
     """The tables of a results dict: the cross table per s, the mean ranks, the similarity of head sets."""
     rows = [Row(**r) for r in saved["rows"]]
     lines = [
-        f"S={saved['sink']}, W={saved['window']}; held-out reasoning: {saved['n_reasoning']} problems, key recall: "
-        f"{saved['n_recall']}; KL / top-1 over {saved['text_tokens']} tokens of {saved['text']}; "
-        f"{saved['threads']} threads, {saved['machine']}",
+        f"S={saved['sink']}, W={saved['window']}; held-out key recall: {saved['n_recall']} problems (filler words "
+        f"before / after the code: {saved.get('recall_words')}); KL / top-1 over {saved['text_tokens']} tokens of "
+        f"{saved['text']}; {saved['threads']} threads, {saved['machine']}",
         "",
         "| s | heads | reasoning acc. | key-recall acc. | mean KL | top-1 | rank R / K / KL | mean rank |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -283,10 +285,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--sparsity", type=float, action="append", default=None, help="repeatable (default .25 .5 .75)")
     ap.add_argument("--n-reasoning", type=int, default=40, help="held-out reasoning problems")
-    ap.add_argument("--n-recall", type=int, default=40, help="held-out key-recall problems")
+    ap.add_argument("--n-recall", type=int, default=30, help="held-out key-recall problems")
+    ap.add_argument("--recall-words", type=int, default=250, help="key recall: filler words after the code")
+    ap.add_argument("--recall-lead", type=int, default=60, help="key recall: filler words before the code")
     ap.add_argument("--text-tokens", type=int, default=2048, help="tokens of the held-out text for KL")
     ap.add_argument("--n-random", type=int, default=3)
-    ap.add_argument("--evals", default=",".join(EVALS), help="comma-separated subset of reasoning,recall,kl")
+    ap.add_argument(
+        "--evals", default="recall,kl", help="comma-separated subset of reasoning,recall,kl (reasoning: see RESULTS)"
+    )
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--model", type=Path, default=None, help="unconverted GGUF (default: the bundled SmolLM2)")
     ap.add_argument("--out", type=Path, default=RESULTS / "cross_table.json")
@@ -328,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "window": args.window,
         "n_reasoning": args.n_reasoning,
         "n_recall": args.n_recall,
+        "recall_words": [args.recall_lead, args.recall_words],
         "text": TEXT.name,
         "text_tokens": len(m.tokens),
         "sparsities": args.sparsity,
