@@ -76,3 +76,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+
+
+def saved_tiny_model(directory: Any, arch: str = "qwen2") -> Any:
+    """A tiny model and its tokenizer saved into directory (a path for the CLI's MODEL argument)."""
+    tiny_model(arch).save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory

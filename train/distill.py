@@ -25,11 +25,11 @@ from rlkv_edge.train.gates import clamp_gates, full_gates, gate_parameters
 from rlkv_edge.train.trainer import (
     ClampGatesCallback,
     GateCheckpoints,
+    gate_training_args,
     heads_from_model,
     load_model_and_tokenizer,
     penalty_weight,
     resolve_resume,
-    use_bf16,
 )
 
 METHOD = "rlkv-distill"
@@ -106,27 +106,8 @@ class RLKVDistillTrainer(GateCheckpoints, Trainer):
 
 def distill_args(cfg: TrainConfig, **overrides: Any) -> TrainingArguments:
     """TrainingArguments for the recipe: constant AdamW on the gates, one text chunk per micro-batch."""
-    kwargs: dict[str, Any] = dict(
-        output_dir=cfg.output_dir,
-        max_steps=cfg.steps,
-        learning_rate=cfg.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        optim="adamw_torch",
-        weight_decay=0.0,
-        max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=1,
-        seed=cfg.seed,
-        save_steps=cfg.save_steps,
-        save_strategy="steps",
-        logging_steps=1,
-        report_to="none",
-        bf16=use_bf16(cfg),
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-    )
+    kwargs = gate_training_args(cfg)
+    kwargs.update(per_device_train_batch_size=1, gradient_accumulation_steps=1)
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 

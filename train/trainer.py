@@ -109,10 +109,9 @@ def use_bf16(cfg: TrainConfig) -> bool:
     )
 
 
-def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
-    """GRPOConfig for the recipe: no KL, constant AdamW on the gates, group size G, P prompts per step."""
-    bf16 = use_bf16(cfg)
-    kwargs: dict[str, Any] = dict(
+def gate_training_args(cfg: TrainConfig) -> dict[str, Any]:
+    """The TrainingArguments every objective shares: constant AdamW on the gates, logging and checkpoints."""
+    return dict(
         output_dir=cfg.output_dir,
         max_steps=cfg.steps,
         learning_rate=cfg.lr,
@@ -121,6 +120,22 @@ def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
         optim="adamw_torch",
         weight_decay=0.0,
         max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        save_steps=cfg.save_steps,
+        save_strategy="steps",
+        logging_steps=1,
+        report_to="none",
+        bf16=use_bf16(cfg),
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+
+
+def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
+    """GRPOConfig for the recipe: no KL, constant AdamW on the gates, group size G, P prompts per step."""
+    kwargs = gate_training_args(cfg)
+    kwargs.update(
         beta=0.0,
         num_generations=cfg.group_size,
         per_device_train_batch_size=cfg.micro_batch_size,
@@ -128,15 +143,7 @@ def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
         max_completion_length=cfg.max_completion_tokens,
         temperature=cfg.temperature,
         loss_type=cfg.loss_type,
-        seed=cfg.seed,
-        save_steps=cfg.save_steps,
-        save_strategy="steps",
-        logging_steps=1,
-        report_to="none",
-        bf16=bf16,
-        remove_unused_columns=False,
         log_completions=False,
-        disable_tqdm=True,
     )
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import saved_tiny_model, tiny_model
 from typer.testing import CliRunner
 
 from rlkv_edge.cli import app
@@ -33,9 +33,7 @@ def test_ablation_kl_measures_each_head_alone() -> None:
 
 def test_ablation_command_writes_heads(tmp_path: Path) -> None:
     """The CLI loads a saved model, scores every head on --text and writes a heads.json that records it."""
-    model_dir = tmp_path / "tiny"
-    tiny_model("qwen2").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = saved_tiny_model(tmp_path / "tiny")
     text = tmp_path / "calib.txt"
     text.write_text(TEXT)
     out = tmp_path / "heads.json"

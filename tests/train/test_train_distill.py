@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import saved_tiny_model, tiny_model, tiny_tokenizer
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
@@ -111,9 +111,7 @@ def test_gates_pinned_at_zero_keep_a_strict_order(tmp_path: Path) -> None:
 
 def test_distill_command(tmp_path: Path) -> None:
     """The CLI trains a saved model on --text and writes heads.json; a text no longer than S + W is refused."""
-    model_dir = tmp_path / "tiny"
-    tiny_model("qwen2").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = saved_tiny_model(tmp_path / "tiny")
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
     out = tmp_path / "heads.json"
