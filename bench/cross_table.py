@@ -286,8 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sparsity", type=float, action="append", default=None, help="repeatable (default .25 .5 .75)")
     ap.add_argument("--n-reasoning", type=int, default=40, help="held-out reasoning problems")
     ap.add_argument("--n-recall", type=int, default=30, help="held-out key-recall problems")
-    ap.add_argument("--recall-words", type=int, default=250, help="key recall: filler words after the code")
-    ap.add_argument("--recall-lead", type=int, default=60, help="key recall: filler words before the code")
+    ap.add_argument("--recall-words", type=int, default=None, help="key recall: filler words after the code")
+    ap.add_argument("--recall-lead", type=int, default=None, help="key recall: filler words before the code")
     ap.add_argument("--text-tokens", type=int, default=2048, help="tokens of the held-out text for KL")
     ap.add_argument("--n-random", type=int, default=3)
     ap.add_argument(
@@ -301,6 +301,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.sparsity = args.sparsity or list(SPARSITIES)
     args.evals = [e for e in EVALS if e in args.evals.split(",")]
+    words, lead = T.recall_size(args.sink, args.window)  # default: sized for S and W (tasks.RECALL_SIZES)
+    args.recall_words = words if args.recall_words is None else args.recall_words
+    args.recall_lead = lead if args.recall_lead is None else args.recall_lead
     return args
 
 

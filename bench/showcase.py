@@ -3,8 +3,8 @@
 For every sparsity s and every mask (the learned scores, random scores with 3 seeds, per-layer-uniform
 masks, and all-local), through the llama.cpp runtime (patched, per-head KV):
 
-* task accuracy on held-out key-recall problems (rlkv_edge.tasks, seed EVAL_SEED; the code to recall sits
-  ~170 tokens before the question, far beyond the local heads' S + W);
+* task accuracy on held-out key-recall problems (rlkv_edge.tasks, seed EVAL_SEED, sized for the heads'
+  S and W by tasks.problems_for: the code to recall sits past the sinks and beyond the window);
 * mean KL(full ‖ compressed) and top-1 agreement of the next-token distributions over a long synthetic
   text (rlkv_edge.tasks.long_text, ≥ 4k tokens, generated offline);
 * KV MiB at n_ctx 8192 and the tg128 speed-up at depth 6144 (rlkv_edge.bench, same process).
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no heads file: pass --heads or ship rlkv_edge/data/default_heads.json", file=sys.stderr)
         return 2
     heads = load_heads(heads_path)
-    problems = T.make_problems(args.n_problems, T.EVAL_SEED)
+    problems = T.problems_for(args.n_problems, T.EVAL_SEED, heads.sink_size, heads.window_size)
     t0 = time.time()
 
     def log(msg: str) -> None:

@@ -103,6 +103,26 @@ def make_problems(n: int, seed: int, n_words: int = N_WORDS, lead_words: int = 0
     return [make_problem(rng, n_words, lead_words) for _ in range(n)]
 
 
+# (S, W) → (n_words, lead_words): problem sizes whose code sits past the S sinks and more than W tokens
+# before the question. (16, 64): the original problems, code at token ~20 of ~200. (64, 256): code at
+# token ~107 of ~430 (full cache 12/12, all-local 0/12 on SmolLM2; docs/RESULTS.md).
+RECALL_SIZES = {(16, 64): (N_WORDS, 0), (64, 256): (250, 60)}
+
+
+def recall_size(sink: int, window: int) -> tuple[int, int]:
+    """(n_words, lead_words) for local heads with S sinks and a W window: the smallest size in RECALL_SIZES
+    that covers both; ValueError when none does (choose n_words / lead_words for make_problems yourself)."""
+    for (s, w), size in sorted(RECALL_SIZES.items()):
+        if sink <= s and window <= w:
+            return size
+    raise ValueError(f"no key-recall problem size for S={sink}, W={window} (largest: S64/W256)")
+
+
+def problems_for(n: int, seed: int, sink: int, window: int) -> list[dict[str, str]]:
+    """n problems sized for S and W (see recall_size), deterministic for a seed."""
+    return make_problems(n, seed, *recall_size(sink, window))
+
+
 def long_text(seed: int = TEXT_SEED, n_words: int = 4000) -> str:
     """A long synthetic text for KL / top-1 agreement: facts stated early and recalled much later."""
     rng = random.Random(seed)

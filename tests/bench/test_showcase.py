@@ -121,3 +121,12 @@ def test_lead_words_move_the_code_past_the_sinks():
     for p in led:
         assert p["question"].index(p["answer"]) > 300  # ~60 words of filler first
         assert p["question"].count(p["answer"]) == 1
+
+
+def test_problems_are_sized_for_s_and_w():
+    """S16/W64 keeps the original problems; S64/W256 (and anything between) gets the code past the sinks."""
+    assert T.problems_for(3, T.EVAL_SEED, 16, 64) == T.make_problems(3, T.EVAL_SEED)
+    assert T.recall_size(32, 128) == T.recall_size(64, 256) == (250, 60)
+    assert T.problems_for(2, 5, 64, 256) == T.make_problems(2, 5, 250, 60)
+    with pytest.raises(ValueError, match="S=128, W=256"):
+        T.recall_size(128, 256)

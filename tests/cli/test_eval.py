@@ -159,7 +159,8 @@ def test_eval_bad_reward_one_line(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_eval_key_recall_whole_answer_on_smollm2(tmp_path: Path) -> None:
-    """The showcase task through `eval`: the full cache recalls the code, all-local heads (S+W=80) cannot."""
+    """The showcase task through `eval`: the full cache recalls the code, all-local heads cannot (problems
+    sized for the default heads' S and W)."""
     from gguf_fixtures import smollm2_path
 
     from rlkv_edge import tasks as T
@@ -168,10 +169,11 @@ def test_eval_key_recall_whole_answer_on_smollm2(tmp_path: Path) -> None:
     from rlkv_edge.models import default_heads_path
 
     model = tmp_path / "smollm2.rlkv.gguf"
-    convert_gguf(smollm2_path(), load_heads(default_heads_path()), model, progress=False)
+    heads = load_heads(default_heads_path())
+    convert_gguf(smollm2_path(), heads, model, progress=False)
     problems = tmp_path / "recall.jsonl"
-    T.write_jsonl(T.make_problems(3, T.EVAL_SEED), problems)
-    args = ["--tasks", str(problems), "-s", "1", "--max-tokens", "16", "--ctx", "512", "-t", "2", "--json"]
+    T.write_jsonl(T.problems_for(3, T.EVAL_SEED, heads.sink_size, heads.window_size), problems)
+    args = ["--tasks", str(problems), "-s", "1", "--max-tokens", "16", "--ctx", "768", "-t", "2", "--json"]
     r = run_cli("eval", str(model), *args, "--system", "", "--reward", "rlkv_edge.tasks:recall_reward")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
