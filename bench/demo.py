@@ -55,7 +55,7 @@ def demo(out_dir: Path, threads: int) -> int:
     print(f"wrote 32 training problems (seed {T.TRAIN_SEED}) and a long text to {out_dir}")
     print(
         "train -> convert -> eval run on a 2-step training run (barely trained: expect a loss at s=0.5); "
-        "chat and the table use the shipped default heads (a 40-step run, docs/RESULTS.md)"
+        "chat and the table use the shipped default heads (distillation on a real text, docs/RESULTS.md)"
     )
     question = T.make_problems(1, T.EVAL_SEED + 1)[0]["question"]
     text, jsonl, ckpt = str(out_dir / "long_text.txt"), str(out_dir / "train.jsonl"), str(out_dir / "ckpt")
