@@ -1,7 +1,7 @@
 """The cross table (issue 14): head scores from every method, each judged on every evaluation.
 
 Head sets (rows): the files given with --heads NAME=FILE (by default the ones in bench/results/ that exist:
-GRPO on key recall = the shipped default heads, distillation and ablation on the Apache-2.0 licence text,
+GRPO on key recall = the default heads before issue 14, distillation and ablation on the Apache-2.0 licence text,
 GRPO on the reasoning task), three random masks and a per-layer-uniform mask (bench/showcase.py's). Every
 set is converted with the same S and W (--sink/--window: the deployment setting), so only the ranking of
 heads differs between rows.
@@ -44,14 +44,14 @@ from rlkv_edge.convert import convert_gguf
 from rlkv_edge.evaluate import Task, compare_logprobs, read_text_file, run_tasks, text_logprobs
 from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.masks import full_head_mask
-from rlkv_edge.models import bundled_model_path, default_heads_path, open_model
+from rlkv_edge.models import bundled_model_path, open_model
 
 RESULTS = Path(__file__).parent / "results"
 SPARSITIES = (0.25, 0.5, 0.75)
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 DEFAULT_HEADS = {  # name → file, used when it exists
     "grpo-reasoning": RESULTS / "heads_grpo_reasoning.json",
-    "grpo-recall": None,  # the shipped default heads
+    "grpo-recall": RESULTS / "heads_grpo_recall.json",  # the default heads before issue 14
     "distill": RESULTS / "heads_distill_apache2.json",
     "ablation": RESULTS / "heads_ablation_apache2.json",
 }
@@ -97,10 +97,7 @@ def head_sets(args: argparse.Namespace) -> dict[str, np.ndarray]:
             name, _, path = spec.partition("=")
             files[name] = Path(path)
     else:
-        for name, path in DEFAULT_HEADS.items():
-            path = path or default_heads_path()
-            if path is not None and path.is_file():
-                files[name] = path
+        files = {name: path for name, path in DEFAULT_HEADS.items() if path.is_file()}
     sets = {name: load_heads(path).scores for name, path in files.items()}
     shape = next(iter(sets.values())).shape
     for seed in range(args.n_random):
