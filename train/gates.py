@@ -122,8 +122,7 @@ def clamp_gates(model: nn.Module) -> None:
 def _spread(keys: np.ndarray, lo: float, hi: float, top_at_hi: bool) -> np.ndarray:
     """Distinct keys mapped in order into (lo, hi] (top_at_hi) or [lo, hi); equal keys stay equal."""
     uniq, rank = np.unique(keys, return_inverse=True)
-    n = len(uniq)
-    step = (hi - lo) / (n if top_at_hi else max(n, 1))
+    step = (hi - lo) / len(uniq)
     return lo + step * (rank + 1 if top_at_hi else rank)
 
 
