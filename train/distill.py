@@ -21,14 +21,17 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from rlkv_edge.errors import DataError
 from rlkv_edge.heads import HeadScores, save_heads
 from rlkv_edge.train.config import TrainConfig
-from rlkv_edge.train.gates import clamp_gates, full_gates, gate_parameters
+from rlkv_edge.train.gates import clamp_gates, full_gates
 from rlkv_edge.train.trainer import (
     ClampGatesCallback,
     GateCheckpoints,
+    add_gate_penalty,
     gate_training_args,
     heads_from_model,
     load_model_and_tokenizer,
     penalty_weight,
+    place_model,
+    remove_printer,
     resolve_resume,
 )
 
@@ -85,16 +88,10 @@ class RLKVDistillTrainer(GateCheckpoints, Trainer):
         with torch.no_grad(), full_gates(model):
             teacher = torch.log_softmax(model(input_ids=input_ids).logits.float(), dim=-1)  # [B, T, V]
         kl, top1 = distill_kl(model(input_ids=input_ids).logits, teacher)
-        gates = torch.cat([g.reshape(-1) for g in gate_parameters(model)])
+        self._metrics[mode]["rlkv/kl"].append(kl.item())
+        self._metrics[mode]["rlkv/top1"].append(top1)
         weight = penalty_weight(top1, self.rlkv_beta, self.rlkv_tau)
-        loss = kl + weight * gates.abs().mean().to(kl.dtype)
-        g = gates.detach()
-        for key, value in (
-            ("rlkv/kl", kl.item()), ("rlkv/top1", top1), ("rlkv/penalty_weight", weight),
-            ("rlkv/mean_gate", g.mean().item()), ("rlkv/heads_below_half", float((g < 0.5).sum().item())),
-        ):  # fmt: skip
-            self._metrics[mode][key].append(value)
-        return loss
+        return add_gate_penalty(kl, model, weight, self._metrics[mode])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the means of this logging interval's rlkv/* metrics to the Trainer's log."""
@@ -132,8 +129,7 @@ def train_distill(
     body = read_text_file(text)
     if model is None:
         model, tokenizer = load_model_and_tokenizer(cfg)
-    if torch.cuda.is_available() and model.device.type == "cpu":
-        model = model.to("cuda")  # type: ignore[arg-type]
+    model = place_model(model)
     chunks = text_chunks(list(tokenizer(body).input_ids), cfg.text_tokens, cfg.sink + cfg.window)
     install_gates(model, sink=cfg.sink, window=cfg.window, backend=cfg.backend)
     trainer = RLKVDistillTrainer(
@@ -146,9 +142,7 @@ def train_distill(
         rlkv_tau=cfg.tau,
     )
     if not print_logs:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
+        remove_printer(trainer)
     trainer.train(resume_from_checkpoint=resolve_resume(cfg))
     clamp_gates(model)
     last = next((h for h in reversed(trainer.state.log_history) if "rlkv/kl" in h), {})

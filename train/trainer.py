@@ -42,6 +42,32 @@ def penalty_weight(reward_mean: float, beta: float, tau: float) -> float:
     return beta * math.expm1(reward_mean)
 
 
+def add_gate_penalty(
+    loss: torch.Tensor, model: Any, weight: float, metrics: dict[str, list[float]], normalizer: float = 1.0
+) -> torch.Tensor:
+    """loss + weight·mean|α| / normalizer, recording the penalty weight and the gate statistics in metrics."""
+    gates = torch.cat([g.reshape(-1) for g in gate_parameters(model)])  # [L·H]
+    g = gates.detach()
+    metrics["rlkv/penalty_weight"].append(weight)
+    metrics["rlkv/mean_gate"].append(g.mean().item())
+    metrics["rlkv/heads_below_half"].append(float((g < 0.5).sum().item()))
+    return loss + weight * gates.abs().mean().to(loss.dtype) / normalizer
+
+
+def place_model(model: PreTrainedModel) -> PreTrainedModel:
+    """The model on the GPU when one is available (accelerate places it itself under `accelerate launch`)."""
+    if torch.cuda.is_available() and model.device.type == "cpu" and "LOCAL_RANK" not in os.environ:
+        model = model.to("cuda")  # type: ignore[arg-type]
+    return model
+
+
+def remove_printer(trainer: Any) -> None:
+    """Drop the Trainer's printed log dicts (a live display replaces them)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 class ClampGatesCallback(TrainerCallback):
     """Clamp the gates to [0, 1] right after every optimizer step."""
 
@@ -91,15 +117,9 @@ class RLKVGRPOTrainer(GateCheckpoints, GRPOTrainer):
         """GRPO loss + β′·mean|α| (scaled for gradient accumulation like TRL's own terms)."""
         loss: torch.Tensor = super()._compute_loss(model, inputs)
         mode = "train" if self.model is not None and self.model.training else "eval"
-        gates = torch.cat([g.reshape(-1) for g in gate_parameters(model)])
         weight = penalty_weight(self.rlkv_reward_mean, self.rlkv_beta, self.rlkv_tau)
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        loss = loss + weight * gates.abs().mean().to(loss.dtype) / normalizer
-        g = gates.detach()
-        self._metrics[mode]["rlkv/penalty_weight"].append(weight)
-        self._metrics[mode]["rlkv/mean_gate"].append(g.mean().item())
-        self._metrics[mode]["rlkv/heads_below_half"].append(float((g < 0.5).sum().item()))
-        return loss
+        return add_gate_penalty(loss, model, weight, self._metrics[mode], normalizer)
 
 
 def use_bf16(cfg: TrainConfig) -> bool:
@@ -266,8 +286,7 @@ def train_heads(
     torch.manual_seed(cfg.seed)
     if model is None:
         model, tokenizer = load_model_and_tokenizer(cfg)
-    if torch.cuda.is_available() and model.device.type == "cpu" and "LOCAL_RANK" not in os.environ:
-        model = model.to("cuda")  # type: ignore[arg-type]
+    model = place_model(model)
     reward = get_reward(cfg.reward)
     extra: dict[str, Any] = {}
     if train_dataset is None:
@@ -296,10 +315,8 @@ def train_heads(
         rlkv_beta=cfg.beta,
         rlkv_tau=cfg.tau,
     )
-    if not print_logs:  # a live display replaces the Trainer's printed log dicts
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
+    if not print_logs:
+        remove_printer(trainer)
     trainer.train(resume_from_checkpoint=resolve_resume(cfg))
     clamp_gates(model)
     extra.update(steps_done=int(trainer.state.global_step), final_reward_mean=trainer.rlkv_reward_mean)
