@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from showcase import default_threads, random_scores, uniform_scores
+from showcase import default_threads, random_scores, task_accuracy, uniform_scores
 
 from rlkv_edge import tasks as T
 from rlkv_edge.convert import convert_gguf
-from rlkv_edge.evaluate import Task, compare_logprobs, read_text_file, run_tasks, text_logprobs
+from rlkv_edge.evaluate import compare_logprobs, read_text_file, text_logprobs
 from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.masks import full_head_mask
 from rlkv_edge.models import bundled_model_path, open_model
@@ -82,11 +82,7 @@ class Family:
 
     def accuracy(self, llm: Any) -> float:
         """Fraction answered correctly (the question alone through the chat template, greedy)."""
-        tasks = [Task(p["question"], p["answer"]) for p in self.problems]
-        res = run_tasks(
-            llm, tasks, max_tokens=self.max_tokens, label="", sparsity=None, system=None, reward=self.reward
-        )
-        return sum(int(o["correct"]) for o in res.outputs) / len(self.problems)
+        return task_accuracy(llm, self.problems, self.max_tokens, self.reward) / len(self.problems)
 
 
 def head_sets(args: argparse.Namespace) -> dict[str, np.ndarray]:

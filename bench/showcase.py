@@ -89,10 +89,12 @@ def uniform_scores(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def task_accuracy(llm: Any, problems: list[dict[str, str]], max_tokens: int) -> int:
+def task_accuracy(
+    llm: Any, problems: list[dict[str, str]], max_tokens: int, reward: Callable[..., list[float]] = T.recall_reward
+) -> int:
     """Problems answered correctly: the question alone through the chat template (as in training), greedy."""
     tasks = [Task(p["question"], p["answer"]) for p in problems]
-    res = run_tasks(llm, tasks, max_tokens=max_tokens, label="", sparsity=None, system=None, reward=T.recall_reward)
+    res = run_tasks(llm, tasks, max_tokens=max_tokens, label="", sparsity=None, system=None, reward=reward)
     return sum(int(o["correct"]) for o in res.outputs)
 
 
