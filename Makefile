@@ -18,13 +18,17 @@ LAYOUT := $(VENV)/.rlkv-python-files
 $(shell mkdir -p $(VENV) && git ls-files -co --exclude-standard rlkv_edge train convert 2>/dev/null | grep '\.py$$' | sort > $(LAYOUT).new && (cmp -s $(LAYOUT).new $(LAYOUT) || mv $(LAYOUT).new $(LAYOUT)); rm -f $(LAYOUT).new)
 SOURCES := $(shell git ls-files -co --exclude-standard native CMakeLists.txt pyproject.toml 2>/dev/null) $(LAYOUT)
 
-.PHONY: help install _install test lint chat demo clean distclean
+.PHONY: help install _install install-vulkan test-vulkan test lint chat demo clean distclean
 
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
 	@echo "make test      install if needed, then ruff, mypy and pytest ($(PYTEST_ARGS))"
 	@echo "make demo      the whole pipeline on the bundled SmolLM2: short train -> convert -> eval -> chat -> table"
 	@echo "make chat      install if needed, then chat with the bundled model (CHAT_ARGS=... for options)"
+	@echo "make install-vulkan  the native libraries with ggml-vulkan, in $(VULKAN_BUILD)/install/rlkv_edge/lib, and a private"
+	@echo "                     Vulkan SDK + lavapipe CPU driver in $(VULKAN_SDK_DIR) (source its env.sh to run them)"
+	@echo "make test-vulkan     install-vulkan, then the offload tests (tests/native/test_native_offload.py, slow ones"
+	@echo "                     included) on lavapipe; not part of make test (about N min on 2 cores)"
 	@echo "make clean     remove build outputs and $(VENV) (the llama.cpp source cache is kept)"
 
 $(VENV)/bin/python:
@@ -46,6 +50,30 @@ _install:
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation -e ".[train,serve,dev]"
 
 install: $(STAMP)
+
+# The same native libraries with the Vulkan backend, in their own build dir (the venv's CPU build is left
+# alone). native/vulkan-sdk.sh unpacks a private Vulkan SDK + Mesa's lavapipe (software Vulkan) into
+# $(VULKAN_SDK_DIR); its env.sh also lets ggml-vulkan run on a machine without a GPU.
+# (Not named VULKAN_SDK: ggml's CMake reads that environment variable.)
+VULKAN_SDK_DIR ?= build/vulkan-sdk
+VULKAN_BUILD ?= build/vulkan
+install-vulkan: $(VENV)/bin/python
+	native/vulkan-sdk.sh $(VULKAN_SDK_DIR)
+	source $(VULKAN_SDK_DIR)/env.sh && export PATH="$(abspath $(VENV))/bin:$$PATH" && \
+	cmake -S . -B $(VULKAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_VULKAN=ON \
+	    -DVulkan_INCLUDE_DIR="$$RLKV_VULKAN_INCLUDE_DIR" -DVulkan_LIBRARY="$$RLKV_VULKAN_LIBRARY" \
+	    -DVulkan_GLSLC_EXECUTABLE="$$(command -v glslc)" -DSPIRV-Headers_DIR="$$RLKV_SPIRV_HEADERS_DIR" \
+	    $(CMAKE_ARGS) && \
+	cmake --build $(VULKAN_BUILD) && \
+	cmake --install $(VULKAN_BUILD) --component rlkv_edge --prefix $(VULKAN_BUILD)/install
+	@echo "Vulkan build: $(VULKAN_BUILD)/install/rlkv_edge/lib (run with: source $(VULKAN_SDK_DIR)/env.sh)"
+
+# The per-head cache offloaded to Mesa's software Vulkan device, against the same build on the CPU.
+# RLKV_LIB_DIR makes `import rlkv_edge` load the Vulkan build instead of the venv's CPU one.
+test-vulkan: install-vulkan $(STAMP)
+	source $(VULKAN_SDK_DIR)/env.sh && RLKV_LIB_DIR="$(abspath $(VULKAN_BUILD))/install/rlkv_edge/lib" \
+	RLKV_OFFLOAD_REPORT=$(VULKAN_BUILD)/offload-report.json OMP_NUM_THREADS=2 \
+	$(VENV)/bin/pytest -m offload -p no:cacheprovider tests/native/test_native_offload.py $(PYTEST_VULKAN_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rlkv_edge train convert tests bench

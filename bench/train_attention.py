@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,12 @@ def bench_length(args: argparse.Namespace, t: int) -> dict[str, float | int | st
     row: dict[str, float | int | str] = {"tokens": t}
     with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION]) if dev == "cuda" else _null():
         row["sdpa_ms"] = timed(run(sdpa), args.warmup, args.iters, dev)
-    row["reference_ms"] = timed(run(reference), args.warmup, args.iters, dev)
+    try:
+        row["reference_ms"] = timed(run(reference), args.warmup, args.iters, dev)
+    except torch.OutOfMemoryError:  # the reference materialises [B, H, T, T] scores twice
+        row["reference_ms"] = "out of memory"
+    if dev == "cuda":
+        torch.cuda.empty_cache()
     if not args.smoke:
         from rlkv_edge.train.triton_kernel import fused_mixed_attention
 
@@ -76,8 +82,31 @@ def bench_length(args: argparse.Namespace, t: int) -> dict[str, float | int | st
 
         row["fused_ms"] = timed(run(fused), args.warmup, args.iters, dev)
         row["fused_over_sdpa"] = round(float(row["fused_ms"]) / float(row["sdpa_ms"]), 3)
-        row["reference_over_fused"] = round(float(row["reference_ms"]) / float(row["fused_ms"]), 3)
+        if isinstance(row["reference_ms"], float):
+            row["reference_over_fused"] = round(row["reference_ms"] / float(row["fused_ms"]), 3)
+            row.update(agreement(fused, reference, (q, k, v, alpha), do))
     return row
+
+
+def agreement(
+    fused: Callable[[], torch.Tensor],
+    reference: Callable[[], torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    do: torch.Tensor,
+) -> dict[str, float]:
+    """Max |fused − reference| / max |reference| of the output and of each input's gradient."""
+    results = []
+    for fn in (fused, reference):
+        for x in inputs:
+            x.grad = None
+        out = fn()
+        out.backward(do)
+        results.append([out.detach().float()] + [x.grad.detach().float() for x in inputs])  # type: ignore[union-attr]
+    names = ("out", "dq", "dk", "dv", "dalpha")
+    return {
+        f"err_{n}": float(f"{float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)):.3g}")
+        for n, a, b in zip(names, *results, strict=True)
+    }
 
 
 class _null:
@@ -106,18 +135,30 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="skip the Triton kernel (CPU smoke run)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     if args.device != "cuda" and not args.smoke:
         p.error("the fused kernel needs a GPU; pass --smoke on a CPU")
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    print(f"# device {name}, B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim} {args.dtype}")
+    shape = f"B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim}"
+    setting = f"{shape} S={args.sink} W={args.window} {args.dtype}"
+    print(f"# device {name}, {setting}, fwd+bwd, median of {args.iters} after {args.warmup} warm-up runs")
+    print(f"{'tokens':>7} {'sdpa ms':>9} {'reference ms':>13} {'fused ms':>9} {'fused/sdpa':>10} {'ref/fused':>9}")
+    rows = []
     for t in args.lengths:
         row = bench_length(args, t)
-        print(json.dumps({"device": name, **row}))
+        rows.append(row)
+        cells = [
+            row.get(k, "-") for k in ("sdpa_ms", "reference_ms", "fused_ms", "fused_over_sdpa", "reference_over_fused")
+        ]
+        text = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells]
+        print(f"{t:>7} {text[0]:>9} {text[1]:>13} {text[2]:>9} {text[3]:>10} {text[4]:>9}", flush=True)
         if args.device == "cuda":
             torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "setting": setting, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import ctypes
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ _LIB_NAMES = ("libllama.so", "libllama.dylib", "llama.dll")
 
 
 def _lib_dir() -> Path:
-    """rlkv_edge/lib in whichever of the package's directories holds the built libraries.
+    """$RLKV_LIB_DIR, else rlkv_edge/lib in whichever of the package's directories holds the built libraries.
 
     A wheel install has one directory; an editable install (`pip install -e .`) has the source tree and
-    the CMake install tree in site-packages, where the libraries are.
+    the CMake install tree in site-packages, where the libraries are. RLKV_LIB_DIR selects another build of
+    ours, e.g. the Vulkan one of `make install-vulkan` (build/vulkan/install/rlkv_edge/lib).
     """
+    if os.environ.get("RLKV_LIB_DIR"):
+        return Path(os.environ["RLKV_LIB_DIR"]).resolve()
     package = sys.modules.get("rlkv_edge")
     roots = [Path(p) for p in getattr(package, "__path__", [])] or [Path(__file__).parent]
     for root in roots:
@@ -83,17 +87,76 @@ def build_info() -> dict[str, Any]:
     return info
 
 
-def backend_names() -> list[str]:
-    """Names of the ggml backends compiled into the loaded build (CPU, CUDA, Metal, ...)."""
+def _ggml() -> ctypes.CDLL:
+    """The loaded build's libggml with the backend-registry functions declared (ggml-backend.h)."""
     llama_lib()  # make sure libggml is loaded (as a dependency of libllama)
     ggml = ctypes.CDLL(str(library_file().with_name(library_file().name.replace("llama", "ggml"))))
-    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
-    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
-    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-    count = ggml.ggml_backend_reg_count()
-    return [ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode() for i in range(count)]
+    for name, restype, argtypes in (
+        ("ggml_backend_reg_count", ctypes.c_size_t, []),
+        ("ggml_backend_reg_get", ctypes.c_void_p, [ctypes.c_size_t]),
+        ("ggml_backend_reg_name", ctypes.c_char_p, [ctypes.c_void_p]),
+        ("ggml_backend_dev_count", ctypes.c_size_t, []),
+        ("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t]),
+        ("ggml_backend_dev_name", ctypes.c_char_p, [ctypes.c_void_p]),
+        ("ggml_backend_dev_description", ctypes.c_char_p, [ctypes.c_void_p]),
+        ("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p]),
+        (
+            "ggml_backend_dev_memory",
+            None,
+            [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)],
+        ),
+    ):
+        fn = getattr(ggml, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return ggml
+
+
+def backend_names() -> list[str]:
+    """Names of the ggml backends compiled into the loaded build (CPU, CUDA, Metal, ...)."""
+    ggml = _ggml()
+    return [
+        ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode() for i in range(ggml.ggml_backend_reg_count())
+    ]
+
+
+_DEVICE_TYPES = ("CPU", "GPU", "iGPU", "accelerator", "meta")  # enum ggml_backend_dev_type
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device ggml sees: its name (CUDA0, Vulkan0, CPU), description, type and memory in bytes."""
+
+    name: str
+    description: str
+    type: str
+    free: int
+    total: int
+
+
+def devices() -> list[Device]:
+    """The devices the loaded build sees (what `-ngl` can offload to, plus the CPU)."""
+    ggml = _ggml()
+    out = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = ggml.ggml_backend_dev_type(dev)
+        out.append(
+            Device(
+                name=ggml.ggml_backend_dev_name(dev).decode(),
+                description=ggml.ggml_backend_dev_description(dev).decode(),
+                type=_DEVICE_TYPES[kind] if 0 <= kind < len(_DEVICE_TYPES) else str(kind),
+                free=int(free.value),
+                total=int(total.value),
+            )
+        )
+    return out
+
+
+def gpu_devices() -> list[Device]:
+    """The devices layers can be offloaded to (GPUs, integrated GPUs; not the CPU)."""
+    return [d for d in devices() if d.type in ("GPU", "iGPU")]
 
 
 def system_info() -> str:

@@ -104,27 +104,42 @@ def native() -> ctypes.CDLL:
 _LOG_ERROR = 4  # ggml_log_level GGML_LOG_LEVEL_ERROR (ggml.h of our llama.cpp)
 
 
+_capturing: list[list[tuple[int, str]]] = []  # the lists of the _captured_log blocks now open, outermost first
+
+
 @contextlib.contextmanager
 def _captured_log() -> Iterator[list[tuple[int, str]]]:
     """Collect llama.cpp's and ggml's log lines (level, text) through llama_log_set while loading.
 
     llama-cpp-python silences fd 2 while it loads, so reading stderr would lose the reason of a refusal.
-    Its own callback is put back afterwards.
+    Blocks nest (each open block gets every line); its own callback is put back when the outermost closes.
     """
     import llama_cpp
     from llama_cpp import _logger
 
+    global _collect
+    if _collect is None:
+        _collect = llama_cpp.llama_log_callback(_collect_lines)
     lines: list[tuple[int, str]] = []
-
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        lines.append((level, text.decode("utf-8", errors="replace")))
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    if not _capturing:
+        llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
+    _capturing.append(lines)
     try:
         yield lines
     finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        _capturing.remove(lines)
+        if not _capturing:
+            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _collect_lines(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """The log callback of _captured_log: the line goes to every open block."""
+    line = (level, text.decode("utf-8", errors="replace"))
+    for lines in _capturing:
+        lines.append(line)
+
+
+_collect: Any = None  # the ctypes callback object (made on first use: llama_cpp is imported lazily), kept alive
 
 
 def load_error(lines: list[tuple[int, str]]) -> str:

@@ -55,7 +55,7 @@ if _HAVE_TRITON:
         Q, K, V, A, QPOS, KPOS, OUT, OF, OL, LSEF, LSEL,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
         H, G, Tq, Tk, scale, SINK, WINDOW,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -94,14 +94,14 @@ if _HAVE_TRITON:
             v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
             k_pos = tl.load(KPOS + b * Tk + cols, mask=n_ok, other=-1)
             full, local = _masks(q_pos, k_pos, SINK, WINDOW)
-            s = tl.dot(q, tl.trans(k)) * scale  # the shared QK tile
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # the shared QK tile
 
             s_f = tl.where(full, s, float("-inf"))
             m_new = tl.maximum(m_f, tl.max(s_f, 1))
             p = tl.exp(s_f - m_new[:, None])
             corr = tl.exp(m_f - m_new)
             l_f = l_f * corr + tl.sum(p, 1)
-            acc_f = acc_f * corr[:, None] + tl.dot(p.to(v.dtype), v)
+            acc_f = acc_f * corr[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
             m_f = m_new
 
             if tl.max(tl.sum(local.to(tl.int32), 1), 0) > 0:  # tiles between sinks and window skip the local update
@@ -110,7 +110,7 @@ if _HAVE_TRITON:
                 p = tl.exp(s_l - m_new[:, None])
                 corr = tl.exp(m_l - m_new)
                 l_l = l_l * corr + tl.sum(p, 1)
-                acc_l = acc_l * corr[:, None] + tl.dot(p.to(v.dtype), v)
+                acc_l = acc_l * corr[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
                 m_l = m_new
 
         o_f = acc_f / tl.maximum(l_f, 1.0e-30)[:, None]
@@ -126,13 +126,13 @@ if _HAVE_TRITON:
         tl.store(LSEL + row, tl.where(l_l > 0, m_l + tl.log(tl.maximum(l_l, 1.0e-30)), 0.0), mask=m_ok)
 
     @triton.jit
-    def _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW):
+    def _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW, PREC):
         """Recompute one tile for both softmaxes: the mixed probabilities and dS."""
         full, local = _masks(q_pos, k_pos, SINK, WINDOW)
-        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
         p_f = tl.where(full, tl.exp(s - lse_f[:, None]), 0.0)
         p_l = tl.where(local, tl.exp(s - lse_l[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = alpha * p_f * (dp - dlt_f[:, None]) + (1.0 - alpha) * p_l * (dp - dlt_l[:, None])
         return alpha * p_f + (1.0 - alpha) * p_l, ds
 
@@ -141,7 +141,7 @@ if _HAVE_TRITON:
         Q, K, V, A, QPOS, KPOS, DO, LSEF, LSEL, DLTF, DLTL, DK, DV,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdkb, sdkh, sdkt,
         H, HK, G, Tq, Tk, scale, SINK, WINDOW,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -175,9 +175,11 @@ if _HAVE_TRITON:
                 lse_l = tl.load(LSEL + row, mask=m_ok, other=0.0)
                 dlt_f = tl.load(DLTF + row, mask=m_ok, other=0.0)
                 dlt_l = tl.load(DLTL + row, mask=m_ok, other=0.0)
-                p, ds = _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW)
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+                p, ds = _tile_grads(
+                    q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW, PREC
+                )
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
         out = b * sdkb + hk * sdkh + offs_n[:, None] * sdkt + offs_d[None, :]
         tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
@@ -187,7 +189,7 @@ if _HAVE_TRITON:
         Q, K, V, A, QPOS, KPOS, DO, LSEF, LSEL, DLTF, DLTL, DQ,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdqb, sdqh, sdqt,
         H, G, Tq, Tk, scale, SINK, WINDOW,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -218,8 +220,8 @@ if _HAVE_TRITON:
             k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
             k_pos = tl.load(KPOS + b * Tk + offs_n, mask=n_ok, other=-1)
-            _, ds = _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW)
-            dq += tl.dot(ds.to(k.dtype), k)
+            _, ds = _tile_grads(q, k, v, do, q_pos, k_pos, lse_f, lse_l, dlt_f, dlt_l, alpha, scale, SINK, WINDOW, PREC)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
         out = b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :]
         tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
@@ -230,6 +232,12 @@ def _blocks(d: int) -> tuple[int, int, int]:
     if _interpreting():
         return 16, 16, block_d
     return (64, 64, block_d) if block_d <= 128 else (32, 32, block_d)
+
+
+def _precision(q: torch.Tensor) -> str:
+    """tl.dot's input precision: exact float32 products for float32 inputs (Triton's default there is TF32,
+    ~1e-3 relative error on a GPU), the tensor cores' native one for bf16 / fp16."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -274,7 +282,7 @@ class FusedMixedAttention(torch.autograd.Function):
             q, k, v, alpha_f, q_pos, k_pos, o, o_f, o_l, lse_f, lse_l,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             H, G, Tq, Tk, scale, sink, window,
-            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PREC=_precision(q),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, alpha_f, q_pos, k_pos, o_f, o_l, lse_f, lse_l)
         ctx.args = (sink, window, scale, alpha.dtype)
@@ -285,7 +293,7 @@ class FusedMixedAttention(torch.autograd.Function):
         """Run the dK/dV and dQ kernels; dα is a reduction of the row deltas."""
         q, k, v, alpha_f, q_pos, k_pos, o_f, o_l, lse_f, lse_l = ctx.saved_tensors
         sink, window, scale, alpha_dtype = ctx.args
-        do = do.contiguous()
+        do = do.to(q.dtype).contiguous()  # autograd may hand a float32 gradient to a bf16 output
         B, H, Tq, D = q.shape
         HK, Tk = k.shape[1], k.shape[2]
         G = H // HK
@@ -299,13 +307,13 @@ class FusedMixedAttention(torch.autograd.Function):
             q, k, v, alpha_f, q_pos, k_pos, do, lse_f, lse_l, dlt_f, dlt_l, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
             H, HK, G, Tq, Tk, scale, sink, window,
-            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PREC=_precision(q),
         )  # fmt: skip
         _bwd_dq_kernel[(triton.cdiv(Tq, bm), B * H)](
             q, k, v, alpha_f, q_pos, k_pos, do, lse_f, lse_l, dlt_f, dlt_l, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
             H, G, Tq, Tk, scale, sink, window,
-            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PREC=_precision(q),
         )  # fmt: skip
         d_alpha = (dlt_f - dlt_l).view(B, HK, G, Tq).sum(dim=(0, 2, 3)).to(alpha_dtype)
         return dq, dk, dv, d_alpha, None, None, None, None, None
@@ -330,5 +338,13 @@ def fused_mixed_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q_pos = q_pos.to(device=q.device, dtype=torch.int32).contiguous()
     k_pos = k_pos.to(device=q.device, dtype=torch.int32).contiguous()
+    # one dtype for the three (tl.dot needs equal operands): autocast's, as it would give SDPA, else the widest.
+    # Under bf16 autocast a float32 model's q / k leave RoPE in float32 while v stays bf16.
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     out: torch.Tensor = FusedMixedAttention.apply(q, k, v, alpha, q_pos, k_pos, int(sink), int(window), scale)
     return out

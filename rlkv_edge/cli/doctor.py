@@ -25,6 +25,11 @@ def doctor() -> None:
         table.add_row("native build", version)
         table.add_row("llama.cpp commit", _native.build_info().get("llama_cpp_commit", "unknown"))
         table.add_row("backends", ", ".join(_native.backend_names()) or "none")
+        for dev in _native.devices():
+            memory = f", {dev.free / 2**30:.1f}/{dev.total / 2**30:.1f} GiB free" if dev.total else ""
+            table.add_row(f"device {dev.name}", f"{dev.description} ({dev.type}{memory})")
+        if not _native.gpu_devices():
+            table.add_row("offload", "no GPU device: -ngl has nothing to offload to (CPU only)")
         table.add_row("system", _native.system_info())
     except NativeLibraryError as e:
         table.add_row("library", f"[red]{e}[/red]")

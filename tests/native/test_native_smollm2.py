@@ -5,47 +5,14 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import gguf
 import llama_cpp
 import numpy as np
 import pytest
 from gguf_fixtures import smollm2_path
-from tiny_runtime import (
-    model_info,
-    sorted_scores,
-)
+from tiny_runtime import copy_with_rlkv_metadata, model_info, sorted_scores
 
 from rlkv_edge import runtime
 from rlkv_edge.runtime import kv_bytes, kv_cells
-
-
-def copy_with_rlkv_metadata(src, dst, scores, sparsity, sink, window):
-    """Copy a GGUF and add rlkv.* keys (identity head order: scores must be non-increasing inside each layer)."""
-    reader = gguf.GGUFReader(str(src))
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    wr = gguf.GGUFWriter(str(dst), arch)
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        wr.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-    L, H = scores.shape
-    wr.add_uint32("rlkv.version", 1)
-    wr.add_array("rlkv.head_scores", [float(x) for x in np.asarray(scores, np.float32).reshape(-1)])
-    wr.add_array("rlkv.head_perm", [int(x) for x in np.tile(np.arange(H), L)])
-    wr.add_float32("rlkv.sparsity", float(sparsity))
-    wr.add_uint32("rlkv.sink_size", int(sink))
-    wr.add_uint32("rlkv.window_size", int(window))
-    for t in reader.tensors:
-        wr.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-    wr.write_header_to_file()
-    wr.write_kv_data_to_file()
-    wr.write_ti_data_to_file()
-    for t in reader.tensors:
-        wr.write_tensor_data(t.data)
-    wr.close()
-    return dst
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ tests/gguf_fixtures.py), how they load it through llama-cpp-python on the patche
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,7 +103,13 @@ def sorted_scores(rng, L, H):
     return -np.sort(-rng.random((L, H)), axis=1).astype(np.float32)
 
 
+# RLKV_TEST_N_GPU_LAYERS=N runs every native test with N layers offloaded (a CUDA or Vulkan build, RLKV_LIB_DIR).
+N_GPU_LAYERS = int(os.environ.get("RLKV_TEST_N_GPU_LAYERS", "0"))
+
+
 def load(path, *, n_ctx=512, n_batch=512, n_ubatch=512, flash_attn=True, logits_all=True, **kw):
+    """The tiny model through llama-cpp-python: F16 KV cache, 2 threads, N_GPU_LAYERS offloaded."""
+    kw.setdefault("n_gpu_layers", N_GPU_LAYERS)
     return llama_cpp.Llama(
         model_path=str(path),
         n_ctx=n_ctx,
@@ -138,3 +145,32 @@ def random_tokens(n, seed=3):
 def tiny_llama(path: Path, seed: int = 1) -> TinyModel:
     """The tiny llama of make_weights(seed) as a plain F32 GGUF (no rlkv.* keys) and its weights."""
     return write_tiny_gguf(path, weights=make_weights(seed=seed), name="tiny-rlkv-test", add_bos=False)
+
+
+def copy_with_rlkv_metadata(src, dst, scores, sparsity, sink, window):
+    """Copy a GGUF and add rlkv.* keys (identity head order: scores must be non-increasing inside each layer)."""
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    wr = gguf.GGUFWriter(str(dst), arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        wr.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    L, H = scores.shape
+    wr.add_uint32("rlkv.version", 1)
+    wr.add_array("rlkv.head_scores", [float(x) for x in np.asarray(scores, np.float32).reshape(-1)])
+    wr.add_array("rlkv.head_perm", [int(x) for x in np.tile(np.arange(H), L)])
+    wr.add_float32("rlkv.sparsity", float(sparsity))
+    wr.add_uint32("rlkv.sink_size", int(sink))
+    wr.add_uint32("rlkv.window_size", int(window))
+    for t in reader.tensors:
+        wr.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_ti_data_to_file()
+    for t in reader.tensors:
+        wr.write_tensor_data(t.data)
+    wr.close()
+    return dst

@@ -110,6 +110,29 @@ def test_fused_in_model_matches_reference() -> None:
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-3, atol=1e-4)
 
 
+@kernel
+def test_mixed_input_dtypes() -> None:
+    """float32 q / k with a bf16 v (a float32 model's RoPE under bf16 autocast) run forward and backward, in
+    the widest dtype without autocast and in autocast's dtype under it, with gradients in each input's dtype."""
+    b, h, hk, t, d = 1, 4, 2, 21, 16
+    torch.manual_seed(3)
+    q = torch.randn(b, h, t, d, device=DEVICE, requires_grad=True)
+    k = torch.randn(b, hk, t, d, device=DEVICE, requires_grad=True)
+    v = torch.randn(b, hk, t, d, device=DEVICE).bfloat16().requires_grad_()
+    a = torch.rand(hk, device=DEVICE, requires_grad=True)
+    q_pos, k_pos = _ordinals(torch.ones(b, t, dtype=torch.bool), t)
+    q_pos, k_pos = q_pos.to(DEVICE), k_pos.to(DEVICE)
+    out = tk.fused_mixed_attention(q, k, v, a, q_pos, k_pos, 2, 5)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert q.grad is not None and k.grad is not None and v.grad is not None and a.grad is not None
+    assert (q.grad.dtype, k.grad.dtype, v.grad.dtype) == (torch.float32, torch.float32, torch.bfloat16)
+    ref = naive_mixed_attention(q, k, v.float(), a, q_pos, k_pos, 2, 5)
+    assert (out.detach() - ref.detach()).abs().max().item() <= 1e-4
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        assert tk.fused_mixed_attention(q, k, v, a, q_pos, k_pos, 2, 5).dtype == torch.bfloat16
+
+
 def test_ordinals_from_mask_matches_padding() -> None:
     """Ordinals derived from a causal+padding 4-D mask are the non-pad token counts."""
     valid = torch.tensor([[False, False, True, True, True], [True, True, True, False, False]])
