@@ -242,6 +242,8 @@ ggml_tensor * llama_rlkv_build_attn(
         return g.build_attn_mha(q, kk, vv, nullptr, mask, nullptr, nullptr, 0, kq_scale, il);
     };
 
+    constexpr size_t RLKV_MAX_OFFSET_ALIGNMENT = 256; // the largest minStorageBufferOffsetAlignment Vulkan allows
+
     auto view_heads = [&](ggml_tensor * t, int64_t h0, int64_t nh) {
         return ggml_view_3d(ctx0, t, t->ne[0], nh, t->ne[2], t->nb[1], t->nb[2], h0*t->nb[1]);
     };
@@ -255,6 +257,11 @@ ggml_tensor * llama_rlkv_build_attn(
     } else {
         ggml_tensor * q_f = view_heads(q_cur, 0,      F*gq);
         ggml_tensor * q_l = view_heads(q_cur, F*gq,   (H - F)*gq);
+        if (q_l->view_offs % RLKV_MAX_OFFSET_ALIGNMENT != 0) {
+            // GPU backends bind Q at its byte offset: Vulkan asserts that the offset is a multiple of the device's
+            // minStorageBufferOffsetAlignment (up to 256). Odd head sizes get a contiguous copy instead.
+            q_l = ggml_cont(ctx0, q_l);
+        }
         ggml_tensor * k_f = view_heads(k_cur, 0,      F);
         ggml_tensor * k_l = view_heads(k_cur, F,      H - F);
         ggml_tensor * v_f = view_heads(v_cur, 0,      F);

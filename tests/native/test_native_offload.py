@@ -53,12 +53,10 @@ def report():
             json.dump({"device": f"{GPUS[0].name}: {GPUS[0].description}", "cases": _report}, f, indent=1)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A 4-layer random llama with head_dim 64 (a size every backend's flash attention supports): plain and at
-    s = 0, 0.5, 1 (the same weights: one seed)."""
-    d = tmp_path_factory.mktemp("offload")
-    shape = dict(n_layer=N_LAYER, n_head=4, n_head_kv=2, head_dim=64, n_ff=384, seed=2, add_bos=False)
+def _tiny_models(d, head_dim: int) -> dict:
+    """A 4-layer random llama (4 query / 2 KV heads of head_dim): plain and at s = 0, 0.5, 1 (one seed, so the
+    same weights), with its TinyModel and scores for the reference."""
+    shape = dict(n_layer=N_LAYER, n_head=4, n_head_kv=2, head_dim=head_dim, n_ff=384, seed=2, add_bos=False)
     scores = sorted_scores(np.random.default_rng(4), N_LAYER, 2)
     plain = write_tiny_gguf(d / "plain.gguf", **shape)
     out = {"plain": plain.path, "tiny": plain, "scores": scores}
@@ -66,6 +64,12 @@ def models(tmp_path_factory):
         rlkv = dict(scores=scores, sparsity=s, sink=SINK, window=WINDOW)
         out[s] = write_tiny_gguf(d / f"s{s}.gguf", rlkv=rlkv, **shape).path
     return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """head_dim 64: a size every backend's flash attention supports."""
+    return _tiny_models(tmp_path_factory.mktemp("offload"), 64)
 
 
 def _reference(models, sparsity: float | None) -> np.ndarray:
@@ -113,6 +117,11 @@ def smollm2(tmp_path_factory):
     return copy_with_rlkv_metadata(src, tmp_path_factory.mktemp("smol") / "smollm2.rlkv.gguf", scores, 0.5, 16, 64)
 
 
+def _hits(logits: np.ndarray, ref: np.ndarray) -> int:
+    """Positions where logits pick the reference's top-1 token."""
+    return int(np.sum(logits.argmax(-1) == ref.argmax(-1)))
+
+
 def _diff(a: np.ndarray, b: np.ndarray) -> float:
     """max |a − b| / max |b|."""
     return float(np.abs(a - b).max() / np.abs(b).max())
@@ -124,7 +133,7 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 1.0])
 def test_offloaded_logits_agree_with_cpu(models, sparsity, offload, flash_attn, cache):
     """With all / half of the layers offloaded, logits are no further from the float64 reference than the CPU's
-    are, or than the backend's own upstream path (no rlkv keys) is; and they match the CPU's top-1."""
+    are, or than the backend's own upstream path (no rlkv keys) is, and pick the reference's top-1 as often."""
     if cache != "f16" and not flash_attn:
         pytest.skip("a quantized V cache needs flash attention (llama.cpp refuses it without)")
     ngl = N_LAYER + 1 if offload == "all" else N_LAYER // 2
@@ -133,13 +142,33 @@ def test_offloaded_logits_agree_with_cpu(models, sparsity, offload, flash_attn, 
     gpu, _ = _logits(models[sparsity], ngl, flash_attn, cache)
     upstream_gpu, _ = _logits(models["plain"], ngl, flash_attn, cache)
     err_cpu, err_gpu, floor = _diff(cpu, ref), _diff(gpu, ref), _diff(upstream_gpu, ref_full)
-    top1 = float(np.mean(gpu.argmax(-1) == cpu.argmax(-1)))
+    hits_cpu, hits_gpu = _hits(cpu, ref), _hits(gpu, ref)
     _report.append(
         dict(model="tiny", sparsity=sparsity, offload=offload, flash_attn=flash_attn, cache=cache,
-             gpu_vs_cpu=_diff(gpu, cpu), err_cpu=err_cpu, err_gpu=err_gpu, floor=floor, top1=top1)
+             gpu_vs_cpu=_diff(gpu, cpu), err_cpu=err_cpu, err_gpu=err_gpu, floor=floor,
+             top1_vs_cpu=float(np.mean(gpu.argmax(-1) == cpu.argmax(-1))), top1_cpu=hits_cpu / len(ref),
+             top1_gpu=hits_gpu / len(ref))
     )  # fmt: skip
     assert err_gpu <= max(2 * err_cpu, 2 * floor, TOLERANCE[cache]), (err_gpu, err_cpu, floor)
-    assert top1 >= 0.85, top1
+    # the reference's top-1 at least as often as the CPU, give or take 2 of the 28 positions (near-ties)
+    assert hits_gpu >= hits_cpu - 2, (hits_gpu, hits_cpu)
+
+
+@pytest.mark.parametrize("head_dim", [80, 24])
+def test_odd_head_sizes_offload(tmp_path, head_dim):
+    """Head sizes whose local-query view starts off a 256-byte boundary (80: 640 bytes per KV head's queries; 24:
+    also outside the sizes GPU flash attention kernels have) run offloaded, as close to the reference as on the
+    CPU."""
+    m = _tiny_models(tmp_path, head_dim)
+    ref = _reference(m, 0.5)
+    cpu, _ = _logits(m[0.5], 0, True, "f16")
+    gpu, _ = _logits(m[0.5], N_LAYER + 1, True, "f16")
+    err_cpu, err_gpu = _diff(cpu, ref), _diff(gpu, ref)
+    _report.append(dict(model=f"tiny-d{head_dim}", sparsity=0.5, offload="all", flash_attn=True, cache="f16",
+                        gpu_vs_cpu=_diff(gpu, cpu), err_cpu=err_cpu, err_gpu=err_gpu))  # fmt: skip
+    assert err_gpu <= max(2 * err_cpu, TOLERANCE["f16"]), (err_gpu, err_cpu)
+    hits_cpu, hits_gpu = _hits(cpu, ref), _hits(gpu, ref)
+    assert hits_gpu >= hits_cpu - 2, (hits_gpu, hits_cpu)
 
 
 @pytest.mark.slow
