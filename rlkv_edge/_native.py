@@ -34,6 +34,15 @@ def _lib_dir() -> Path:
 
 
 LIB_DIR = _lib_dir()
+BIN_DIR = LIB_DIR.parent / "bin"  # llama.cpp's programs of a build with RLKV_BUILD_TOOLS
+
+
+def tool_path(name: str) -> Path | None:
+    """Path of one of llama.cpp's programs (llama-server, ...) built with ours, or None if not built."""
+    for candidate in (BIN_DIR / name, BIN_DIR / f"{name}.exe"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def library_file(lib_dir: Path = LIB_DIR) -> Path:

@@ -7,6 +7,7 @@
 #include "llama-model.h"
 #include "llama-cparams.h"
 #include "llama-kv-cells.h"
+#include "llama-io.h"
 
 #include <algorithm>
 #include <cassert>
@@ -79,6 +80,35 @@ llama_kv_cache_rlkv::llama_kv_cache_rlkv(
     }
 
     GGML_ASSERT(kv_full || kv_local);
+
+    if (v_trans) {
+        // without flash attention the V cache is transposed, and a transposed cache gives every layer the row
+        // size of its widest one (llama_kv_cache's [TAG_V_CACHE_VARIABLE]): most of the V savings are padding
+        const size_t   ts     = ggml_type_size(type_v);
+        const uint32_t n_embd = model.hparams.n_embd_head_v();
+        uint32_t max_full = 0, max_local = 0;
+        for (uint32_t il = 0; il < L; ++il) {
+            max_full  = std::max(max_full,  (uint32_t) n_full[il]);
+            max_local = std::max(max_local, H - (uint32_t) n_full[il]);
+        }
+        size_t lost = 0, total = 0;
+        for (uint32_t il = 0; il < L; ++il) {
+            const uint32_t f = (uint32_t) n_full[il];
+            if (f > 0) {
+                lost  += (size_t) (max_full - f)*n_embd*kv_size*ts;
+                total += (size_t) max_full*n_embd*kv_size*ts;
+            }
+            if (f < H) {
+                lost  += (size_t) (max_local - (H - f))*n_embd*size_local*ts;
+                total += (size_t) max_local*n_embd*size_local*ts;
+            }
+        }
+        if (lost > 0) {
+            LLAMA_LOG_WARN("%s: rlkv: flash attention is off, so the V cache is padded to the widest layer: %.2f of its "
+                           "%.2f MiB (%.0f%%) are padding; turn flash attention on (-fa on) to keep these savings\n",
+                           __func__, lost/1048576.0, total/1048576.0, 100.0*lost/total);
+        }
+    }
 }
 
 size_t llama_kv_cache_rlkv::bytes_full() const {
@@ -118,6 +148,42 @@ static std::vector<llama_pos> rlkv_seq_positions(const llama_kv_cache & kv, llam
     std::sort(res.begin(), res.end());
     res.erase(std::unique(res.begin(), res.end()), res.end());
     return res;
+}
+
+// true when every key the next query after `rest` (sorted positions a sequence keeps) sees through its local
+// heads (the sinks and the last W positions) is among the resident ones R (sorted)
+static bool rlkv_next_query_ok(const std::vector<llama_pos> & rest, const std::vector<llama_pos> & R, int64_t S, int64_t W) {
+    if (rest.empty()) {
+        return true;
+    }
+    const int64_t q = (int64_t) rest.back() + 1;
+    for (llama_pos p : rest) {
+        const bool needed = p < S || (int64_t) p >= q - W + 1;
+        if (needed && !std::binary_search(R.begin(), R.end(), p)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool llama_kv_cache_rlkv::local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const {
+    if (!kv_local) {
+        return true;
+    }
+    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id_src);
+    std::vector<llama_pos> copied;
+    if (kv_full) {
+        for (llama_pos p : rlkv_seq_positions(*kv_full, seq_id_src)) {
+            if (p >= p0 && p < p1) {
+                copied.push_back(p);
+            }
+        }
+    } else {
+        for (llama_pos p = std::max<llama_pos>(p0, 0); !R.empty() && p <= R.back() && p < p1; ++p) {
+            copied.push_back(p);
+        }
+    }
+    return rlkv_next_query_ok(copied, R, n_sink, n_window);
 }
 
 bool llama_kv_cache_rlkv::local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const {
@@ -171,11 +237,8 @@ bool llama_kv_cache_rlkv::local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_p
     const int64_t W = n_window;
 
     // (a) the next query at q, positions as they are
-    for (llama_pos p : rest) {
-        const bool needed = p < S || (int64_t) p >= (int64_t) q - W + 1;
-        if (needed && !resident(p)) {
-            return false;
-        }
+    if (!rlkv_next_query_ok(rest, R, S, W)) {
+        return false;
     }
 
     // (b) the same after the usual follow-up seq_add that closes the hole (context shift): the tail moves down by d
@@ -229,6 +292,14 @@ bool llama_kv_cache_rlkv::seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1
 }
 
 void llama_kv_cache_rlkv::seq_cp(llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1) {
+    // a part of a sequence whose ring no longer holds the window before its end would give the copy holes.
+    // seq_cp returns nothing, so the copy is refused by not making it: the destination stays as it was and a
+    // decode that continues it at p1 is rejected by the batch checks (the caller then re-evaluates)
+    if (!local_cp_ok(seq_id_src, std::max<llama_pos>(p0, 0), p1 < 0 ? std::numeric_limits<llama_pos>::max() : p1)) {
+        LLAMA_LOG_WARN("%s: rlkv: not copying [%d, %d) of seq %d to seq %d: the local heads no longer hold the keys "
+                       "the copy would need\n", __func__, p0, p1, seq_id_src, seq_id_dst);
+        return;
+    }
     if (kv_full)  { kv_full ->seq_cp(seq_id_src, seq_id_dst, p0, p1); }
     if (kv_local) { kv_local->seq_cp(seq_id_src, seq_id_dst, p0, p1); }
 }
@@ -273,8 +344,50 @@ std::map<ggml_backend_buffer_type_t, size_t> llama_kv_cache_rlkv::memory_breakdo
     return mb;
 }
 
+bool llama_kv_cache_rlkv::continue_ok(llama_seq_id seq_id, llama_pos q) const {
+    // the sequence must hold every position before q (the full cache holds them all; without one, the ring's
+    // newest is q - 1): an empty or cut-short sequence (e.g. a refused copy) cannot be continued at q
+    const llama_kv_cache & logical = kv_full ? *kv_full : *kv_local;
+    if (logical.seq_pos_max(seq_id) != q - 1) {
+        return false;
+    }
+    if (!kv_local) {
+        return true;
+    }
+    // the local heads see the sinks [0, S) and the window [q - W + 1, q): all of them must be in the ring
+    const int64_t n_s  = std::min<int64_t>(n_sink, q);
+    const int64_t w0   = std::max<int64_t>(n_sink, (int64_t) q - n_window + 1);
+    const int64_t n_w  = std::max<int64_t>(0, (int64_t) q - w0);
+    std::vector<bool> seen(n_s + n_w, false);
+    const llama_kv_cells & cells = kv_local->get_cells(seq_id);
+    for (uint32_t i = 0; i < cells.size(); ++i) {
+        if (cells.is_empty(i) || !cells.seq_has(i, seq_id)) {
+            continue;
+        }
+        const int64_t p = cells.pos_get(i);
+        if (p < n_s) {
+            seen[p] = true;
+        } else if (p >= w0 && p < q) {
+            seen[n_s + (p - w0)] = true;
+        }
+    }
+    return std::all_of(seen.begin(), seen.end(), [](bool b) { return b; });
+}
+
 llama_memory_context_ptr llama_kv_cache_rlkv::init_batch(llama_batch_allocr & balloc, uint32_t n_ubatch, bool embd_all) {
     GGML_UNUSED(embd_all);
+
+    // a batch continuing a sequence whose caches miss keys its first token needs is refused (decode then fails),
+    // whatever operation left the gap: the caller re-evaluates instead of getting tokens computed with holes
+    for (llama_seq_id s = 0; s < (llama_seq_id) std::min<uint32_t>(n_seq_max, LLAMA_MAX_SEQ); ++s) {
+        const llama_pos q = balloc.seq_pos_min(s);
+        if (q > 0 && !continue_ok(s, q)) {
+            LLAMA_LOG_WARN("%s: rlkv: refusing a batch that continues seq %d at position %d: the KV cache lacks keys "
+                           "its local heads (sinks and window) or its full heads need; re-evaluate the sequence\n",
+                           __func__, s, q);
+            return std::make_unique<llama_kv_cache_rlkv_context>(LLAMA_MEMORY_STATUS_FAILED_PREPARE);
+        }
+    }
 
     for (int attempt = 0; attempt < 2; ++attempt) {
         if (attempt == 0 && !unified) {
@@ -333,7 +446,51 @@ bool llama_kv_cache_rlkv::get_can_shift() const {
     return res;
 }
 
+// "rlkv" in a little-endian uint32: the first field of a state saved by this cache
+static constexpr uint32_t RLKV_STATE_MAGIC = 0x766b6c72;
+
+static std::string rlkv_layout_str(uint32_t sink, uint32_t window, const std::vector<int32_t> & n_full) {
+    std::string res = format("S = %u, W = %u, F_l = [", sink, window);
+    for (size_t il = 0; il < n_full.size(); ++il) {
+        res += format(il == 0 ? "%d" : ", %d", n_full[il]);
+    }
+    return res + "]";
+}
+
+void llama_kv_cache_rlkv::state_write_layout(llama_io_write_i & io) const {
+    const uint32_t magic   = RLKV_STATE_MAGIC;
+    const uint32_t n_layer = (uint32_t) n_full.size();
+    io.write(&magic,    sizeof(magic));
+    io.write(&n_sink,   sizeof(n_sink));
+    io.write(&n_window, sizeof(n_window));
+    io.write(&n_layer,  sizeof(n_layer));
+    io.write(n_full.data(), n_layer*sizeof(int32_t));
+}
+
+void llama_kv_cache_rlkv::state_read_layout(llama_io_read_i & io) const {
+    uint32_t magic = 0;
+    io.read(&magic, sizeof(magic));
+    if (magic != RLKV_STATE_MAGIC) {
+        throw std::runtime_error("rlkv: this state was not saved by a per-head (rlkv) KV cache");
+    }
+    uint32_t sink = 0, window = 0, n_layer = 0;
+    io.read(&sink,    sizeof(sink));
+    io.read(&window,  sizeof(window));
+    io.read(&n_layer, sizeof(n_layer));
+    if (n_layer != n_full.size()) {
+        throw std::runtime_error(format("rlkv: this state was saved for %u layers, the model has %zu", n_layer, n_full.size()));
+    }
+    std::vector<int32_t> saved(n_layer);
+    io.read(saved.data(), n_layer*sizeof(int32_t));
+    if (sink != n_sink || window != n_window || saved != n_full) {
+        // another window leaves holes in every ring; other F_l put heads into the other cache
+        throw std::runtime_error("rlkv: this state was saved with " + rlkv_layout_str(sink, window, saved) +
+                                 "; this context has " + rlkv_layout_str(n_sink, n_window, n_full) + ": not restoring it");
+    }
+}
+
 void llama_kv_cache_rlkv::state_write(llama_io_write_i & io, llama_seq_id seq_id, llama_state_seq_flags flags) const {
+    state_write_layout(io);
     if (kv_full && (flags & LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0) {
         kv_full->state_write(io, seq_id, flags);
     }
@@ -343,6 +500,7 @@ void llama_kv_cache_rlkv::state_write(llama_io_write_i & io, llama_seq_id seq_id
 }
 
 void llama_kv_cache_rlkv::state_read(llama_io_read_i & io, llama_seq_id seq_id, llama_state_seq_flags flags) {
+    state_read_layout(io);
     if (kv_full && (flags & LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0) {
         kv_full->state_read(io, seq_id, flags);
     }
@@ -448,6 +606,12 @@ llama_memory_i * llama_rlkv_create_memory(const llama_model & model, const llama
     }
     if (cparams.training) {
         throw std::runtime_error("rlkv: training contexts are not supported with rlkv metadata");
+    }
+    if (model.split_mode() == LLAMA_SPLIT_MODE_TENSOR) {
+        // tensor parallelism splits every layer's K/V heads evenly over the devices; the full cache holds only
+        // F_l of them per layer and the local one the rest
+        throw std::runtime_error("rlkv: split mode 'tensor' (-sm tensor) is not supported with rlkv metadata; "
+                                 "use -sm layer or -sm none");
     }
 
     return new llama_kv_cache_rlkv(

@@ -66,6 +66,18 @@ private:
     // true when removing [p0, p1) of seq_id leaves every key the next query of the local heads needs resident
     bool local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const;
 
+    // true when a copy of [p0, p1) of seq_id_src would hold every key its next query's local heads need
+    bool local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const;
+
+    // true when seq_id holds every key a token at position q needs (all of [0, q) for the full heads, the sinks
+    // and the window for the local ones): what init_batch checks before continuing a sequence
+    bool continue_ok(llama_seq_id seq_id, llama_pos q) const;
+
+    // a saved state starts with the layout it was saved with (S, W, F_l per layer); reading one saved with
+    // another layout throws before anything is restored (llama_state_*_set_data then return 0)
+    void state_write_layout(llama_io_write_i & io) const;
+    void state_read_layout (llama_io_read_i  & io) const;
+
     const bool unified;
     const uint32_t n_sink;
     const uint32_t n_window;

@@ -12,6 +12,7 @@ from rlkv_edge.cli.convert import convert, inspect
 from rlkv_edge.cli.doctor import doctor
 from rlkv_edge.cli.eval import eval_cmd
 from rlkv_edge.cli.frontier import frontier
+from rlkv_edge.cli.llama import llama
 from rlkv_edge.cli.serve import serve
 from rlkv_edge.cli.train import train
 
@@ -24,6 +25,7 @@ app.command("bench")(bench)
 app.command("eval")(eval_cmd)
 app.command("serve")(serve)
 app.command("frontier")(frontier)
+app.command("llama", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(llama)
 
 
 def main() -> None:

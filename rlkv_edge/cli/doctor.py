@@ -9,6 +9,7 @@ from rich.table import Table
 
 import rlkv_edge
 from rlkv_edge import _native
+from rlkv_edge.cli.llama import TOOLS
 from rlkv_edge.errors import NativeLibraryError
 
 
@@ -30,6 +31,9 @@ def doctor() -> None:
             table.add_row(f"device {dev.name}", f"{dev.description} ({dev.type}{memory})")
         if not _native.gpu_devices():
             table.add_row("offload", "no GPU device: -ngl has nothing to offload to (CPU only)")
+        for name in TOOLS.values():
+            path = _native.tool_path(name)
+            table.add_row(name, str(path) if path else "not built (make install-tools)")
         table.add_row("system", _native.system_info())
     except NativeLibraryError as e:
         table.add_row("library", f"[red]{e}[/red]")

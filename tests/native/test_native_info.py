@@ -43,3 +43,23 @@ def test_overrides(tiny_paths):
     llm = load(tiny_paths["s50"], kv_overrides={"rlkv.sparsity": 1.0, "rlkv.sink_size": 2, "rlkv.window_size": 5})
     info, nf = model_info(llm)
     assert nf == [0, 0] and info.sink_size == 2 and info.window_size == 5
+
+
+def test_flash_attention_off_warns_with_the_padding(tiny_paths):
+    """Without flash attention the transposed V cache pads each layer to the widest: at s = 0.75 (F_l = [1, 0])
+    the local cache's layer 0 holds 1 head in rows of 2, and the load says how much is padding; with it, no
+    warning. A model whose layers are all alike (s = 0.5: F_l = [1, 1]) pads nothing and does not warn."""
+    from rlkv_edge.runtime import _captured_log
+
+    def warning(path, flash_attn):
+        with _captured_log() as log:
+            load(path, flash_attn=flash_attn)
+        return [t for _, t in log if "rlkv: flash attention is off" in t]
+
+    (line,) = warning(tiny_paths["s75"], False)
+    # 512 cells in each cache (n_ctx 512), rows of 16 floats per head: the full cache holds layer 0's one head
+    # (0.03 MiB); the local one layer 0's one head and layer 1's two, each in rows of two heads (0.125 MiB), one of
+    # them padding: 0.03 of 0.16 MiB
+    assert "0.03 of its 0.16 MiB (20%) are padding" in line and "-fa on" in line, line
+    assert warning(tiny_paths["s75"], True) == []
+    assert warning(tiny_paths["s50"], False) == []

@@ -3,12 +3,15 @@ state save / load, context shift (issue 3, docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 
+import ctypes
+
 import llama_cpp
 import numpy as np
 import pytest
 from reference import RefModel
 from tiny_runtime import (
     N_TOK,
+    N_VOCAB,
     SINK,
     WINDOW,
     eval_tokens,
@@ -16,6 +19,8 @@ from tiny_runtime import (
     random_tokens,
     rel_err,
 )
+
+from rlkv_edge.runtime import _captured_log
 
 
 def test_rollback(tiny_paths, weights):
@@ -103,3 +108,125 @@ def test_context_shift(tiny_paths, weights):
 
     # n_keep < S with a short tail: refused
     assert not llama_cpp.llama_memory_seq_rm(mem, 0, 2, 100)
+
+
+def _state(llm, seq_id=None):
+    """The context's (or one sequence's) saved state, through the C API."""
+    ctx = llm._ctx.ctx
+    if seq_id is None:
+        n = llama_cpp.llama_state_get_size(ctx)
+        buf = (ctypes.c_uint8 * n)()
+        assert llama_cpp.llama_state_get_data(ctx, buf, n) == n
+    else:
+        n = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
+        buf = (ctypes.c_uint8 * n)()
+        assert llama_cpp.llama_state_seq_get_data(ctx, buf, n, seq_id) == n
+    return buf
+
+
+@pytest.mark.parametrize("other", [{"rlkv.window_size": 12}, {"rlkv.sink_size": 2}, {"rlkv.sparsity": 0.75}])
+@pytest.mark.parametrize("whole", [True, False])
+def test_state_from_another_layout_is_refused(tiny_paths, other, whole):
+    """A state saved with S = 4, W = 8 at s = 0.5 does not restore into a context with another W, S or F_l (the
+    rows have the same sizes, so it used to restore with holes): set_data returns 0 with a message naming both
+    layouts, and the target context goes on exactly as before."""
+    toks = random_tokens(120, seed=13)
+    src = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    eval_tokens(src, toks[:100])
+    state = _state(src, None if whole else 0)
+
+    dst = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, kv_overrides=other)
+    eval_tokens(dst, toks[:60])
+    ctx = dst._ctx.ctx
+    with _captured_log() as log:
+        if whole:
+            ret = llama_cpp.llama_state_set_data(ctx, state, len(state))
+        else:
+            ret = llama_cpp.llama_state_seq_set_data(ctx, state, len(state), 0)
+    assert ret == 0
+    text = "".join(t for _, t in log)
+    assert "rlkv: this state was saved with S = 4, W = 8, F_l = [" in text and "not restoring it" in text, text
+
+    got = eval_tokens(dst, toks[60:64])
+    fresh = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, kv_overrides=other)
+    want = eval_tokens(fresh, toks[:64])[60:]
+    assert np.array_equal(got, want), np.abs(got - want).max()
+
+
+def test_state_of_a_plain_cache_is_refused(tiny_paths):
+    """A state saved by a context without rlkv keys (the upstream cache) does not restore into an rlkv one."""
+    toks = random_tokens(40, seed=14)
+    plain = load(tiny_paths["plain"], n_batch=32, n_ubatch=32)
+    eval_tokens(plain, toks)
+    state = _state(plain)
+    dst = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    with _captured_log() as log:
+        assert llama_cpp.llama_state_set_data(dst._ctx.ctx, state, len(state)) == 0
+    assert "not saved by a per-head (rlkv) KV cache" in "".join(t for _, t in log)
+
+
+def _decode(ctx, tokens, positions, seq_id):
+    """llama_decode of tokens at positions in seq_id; (return code, logits of the last token)."""
+    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    try:
+        for j, (t, p) in enumerate(zip(tokens, positions, strict=True)):
+            batch.token[j], batch.pos[j], batch.n_seq_id[j] = int(t), int(p), 1
+            batch.seq_id[j][0] = seq_id
+            batch.logits[j] = j == len(tokens) - 1
+        batch.n_tokens = len(tokens)
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            return rc, None
+        return 0, np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(N_VOCAB,)).astype(np.float64)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths, weights):
+    """A copy of the first part of a sequence whose ring has wrapped, whose window the ring no longer holds, is not
+    made (the destination stays empty and a decode continuing it is rejected); a copy of a part whose window is
+    still resident is exact, and so is a whole copy; a copy sharing every ring cell with a live source is
+    refused at decode, never wrong."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
+    toks = random_tokens(602, seed=31)
+    params = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(tiny_paths["s50"]).encode(), params)
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = 1024, 64, 64, 2, True
+    cp.type_k = cp.type_v = 0
+    ctx = llama_cpp.llama_init_from_model(model, cp)
+    try:
+        mem = llama_cpp.llama_get_memory(ctx)
+        for start in range(0, 600, 50):
+            assert _decode(ctx, toks[start : start + 50], range(start, start + 50), 0)[0] == 0
+
+        def ref_logits(n):  # the reference's logits of token n - 1 after toks[:n]
+            return RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks[:n], np.arange(n))[-1]
+
+        # whole copy: the cells are shared, and a ring cell that two sequences share is never overwritten (as in
+        # upstream's SWA cache), so while seq 0 lives the full ring has no room for seq 1: refused, not wrong
+        llama_cpp.llama_memory_seq_cp(mem, 0, 1, -1, -1)
+        assert llama_cpp.llama_memory_seq_pos_max(mem, 1) == 599
+        rc, got = _decode(ctx, toks[600:601], [600], 1)
+        assert rc != 0 or rel_err(got, ref_logits(601)) <= 1e-3
+        llama_cpp.llama_memory_seq_rm(mem, 1, -1, -1)
+
+        llama_cpp.llama_memory_seq_cp(mem, 0, 1, 0, 150)  # keys 142..149 left the 256-cell ring long ago
+        assert llama_cpp.llama_memory_seq_pos_max(mem, 1) == -1
+        assert _decode(ctx, toks[150:151], [150], 1)[0] != 0
+
+        llama_cpp.llama_memory_seq_cp(mem, 0, 1, 0, 590)  # its window 582..589 and the sinks are resident
+        assert llama_cpp.llama_memory_seq_pos_max(mem, 1) == 589
+        llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)  # the copy alone: its cells are its own again
+        rc, got = _decode(ctx, toks[590:591], [590], 1)
+        assert rc == 0 and rel_err(got, ref_logits(591)) <= 1e-3
+
+        llama_cpp.llama_memory_seq_cp(mem, 1, 0, -1, -1)  # and a whole copy back, the source then dropped: exact
+        llama_cpp.llama_memory_seq_rm(mem, 1, -1, -1)
+        rc, got = _decode(ctx, toks[591:592], [591], 0)
+        assert rc == 0 and rel_err(got, ref_logits(592)) <= 1e-3
+    finally:
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
