@@ -62,7 +62,7 @@ install-vulkan: $(VENV)/bin/python
 	source $(VULKAN_SDK_DIR)/env.sh && export PATH="$(abspath $(VENV))/bin:$$PATH" && \
 	cmake -S . -B $(VULKAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_VULKAN=ON \
 	    -DVulkan_INCLUDE_DIR="$$RLKV_VULKAN_INCLUDE_DIR" -DVulkan_LIBRARY="$$RLKV_VULKAN_LIBRARY" \
-	    -DVulkan_GLSLC_EXECUTABLE="$$(command -v glslc)" -DSPIRV-Headers_DIR="$$RLKV_SPIRV_HEADERS_DIR" \
+	    -DVulkan_GLSLC_EXECUTABLE="$$(command -v glslc)" -DSPIRV-Headers_DIR="$$RLKV_SPIRV_HEADERS_DIR" -DRLKV_BUILD_TOOLS=OFF \
 	    $(CMAKE_ARGS) && \
 	cmake --build $(VULKAN_BUILD) && \
 	cmake --install $(VULKAN_BUILD) --component rlkv_edge --prefix $(VULKAN_BUILD)/install

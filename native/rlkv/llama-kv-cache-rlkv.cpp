@@ -320,8 +320,25 @@ void llama_kv_cache_rlkv::seq_div(llama_seq_id seq_id, llama_pos p0, llama_pos p
 }
 
 llama_pos llama_kv_cache_rlkv::seq_pos_min(llama_seq_id seq_id) const {
-    // the full cache holds every position; the local one always keeps the sinks
-    return kv_full ? kv_full->seq_pos_min(seq_id) : kv_local->seq_pos_min(seq_id);
+    // iSWA's meaning, which llama-server reads to decide whether it can roll a sequence back to q or must
+    // re-process it (it re-processes when seq_pos_min >= q, this model's n_swa being 0): while the ring still
+    // holds every position from the sinks on, the sequence's first position; once it has evicted some, the
+    // last position q a roll-back cannot reach. With [w, max] the resident run that ends at the newest
+    // position, a query at q sees [q - W + 1, q): it can continue from q iff q >= w + W - 1.
+    const llama_kv_cache & logical = kv_full ? *kv_full : *kv_local;
+    const llama_pos pmin = logical.seq_pos_min(seq_id);
+    if (pmin < 0 || !kv_local) {
+        return pmin;
+    }
+    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
+    llama_pos w = logical.seq_pos_max(seq_id) + 1;
+    for (auto it = R.rbegin(); it != R.rend() && *it == w - 1; ++it) {
+        w = *it;
+    }
+    if (w <= (llama_pos) n_sink) {
+        return pmin; // nothing evicted
+    }
+    return std::max<llama_pos>(pmin, w + (llama_pos) n_window - 2);
 }
 
 llama_pos llama_kv_cache_rlkv::seq_pos_max(llama_seq_id seq_id) const {

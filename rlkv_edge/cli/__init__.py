@@ -25,7 +25,10 @@ app.command("bench")(bench)
 app.command("eval")(eval_cmd)
 app.command("serve")(serve)
 app.command("frontier")(frontier)
-app.command("llama", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(llama)
+# every argument after TOOL, --help included, is the program's
+app.command(
+    "llama", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+)(llama)
 
 
 def main() -> None:

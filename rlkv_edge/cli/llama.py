@@ -24,6 +24,9 @@ def llama(
     tool: str = typer.Argument(..., help=f"One of: {', '.join(TOOLS)}.", show_default=False),
 ) -> None:
     """Run llama.cpp's llama-server, llama-cli, llama-bench or llama-perplexity on the per-head KV cache."""
+    if tool in ("--help", "-h", "help"):
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
     if tool not in TOOLS:
         raise UsageError(f"unknown llama.cpp tool {tool!r}; choose one of: {', '.join(TOOLS)}")
     path = _native.tool_path(TOOLS[tool])

@@ -230,3 +230,19 @@ def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths,
     finally:
         llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)
+
+
+def test_seq_pos_min_marks_how_far_back_a_sequence_can_go(tiny_paths):
+    """seq_pos_min has iSWA's meaning: 0 while the ring holds everything from the sinks on; after it has evicted
+    keys, the last position a roll-back cannot reach (seq_rm there is refused, one later is accepted). llama-server
+    re-processes a prompt instead of rolling back when seq_pos_min >= the position it would continue from."""
+    toks = random_tokens(N_TOK, seed=41)
+    llm = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    mem = llama_cpp.llama_get_memory(llm._ctx.ctx)
+    eval_tokens(llm, toks[:30])
+    assert llama_cpp.llama_memory_seq_pos_min(mem, 0) == 0
+    eval_tokens(llm, toks[30:N_TOK])
+    pos_min = llama_cpp.llama_memory_seq_pos_min(mem, 0)
+    assert SINK < pos_min < N_TOK
+    assert not llama_cpp.llama_memory_seq_rm(mem, 0, pos_min, -1)
+    assert llama_cpp.llama_memory_seq_rm(mem, 0, pos_min + 1, -1)
