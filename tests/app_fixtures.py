@@ -4,6 +4,7 @@ with PLACEHOLDER scores (head-index rank, labelled as such: for runtime tests, n
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,10 @@ def smollm2_rlkv(path: Path) -> Path:
     heads = HeadScores(placeholder_scores(30, 3), sink_size=64, window_size=256, method="test placeholder")
     convert_gguf(smollm2_path(), heads, path, progress=False)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,7 +4,6 @@ serves parallel slots over the per-head cache with the same greedy texts as one 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app_fixtures import ENV, RLKV_EDGE, placeholder_scores, run_cli
+from app_fixtures import ENV, RLKV_EDGE, free_port, placeholder_scores, run_cli
 from gguf_fixtures import smollm2_path
 
 from rlkv_edge import _native
@@ -38,12 +37,6 @@ def test_unknown_tool_is_refused() -> None:
     assert proc.returncode == 2 and proc.stderr.startswith("rlkv-edge: error: unknown llama.cpp tool 'quantize'")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-server on SmolLM2 converted with S16 / W64 (rings wrap within a request), 4 slots, s set to 0.5 with
@@ -59,7 +52,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     heads = HeadScores(placeholder_scores(30, 3), sink_size=16, window_size=64, method="test placeholder")
     model = d / "smol.rlkv.gguf"
     convert_gguf(src, heads, model, progress=False)
-    port = _free_port()
+    port = free_port()
     log = d / "server.log"
     args = ["llama", "server", "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", "2", "-c", "4096"]
     args += ["--parallel", "4", "--override-kv", "rlkv.sparsity=float:0.5", "--no-webui", "-lv", "4"]

@@ -9,23 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_fixtures import ENV, RLKV_EDGE, tiny_rlkv
+from app_fixtures import ENV, RLKV_EDGE, free_port, tiny_rlkv
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = tiny_rlkv(tmp_path_factory.mktemp("serve") / "tiny-rlkv.gguf").path
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(
