@@ -39,7 +39,7 @@ python3 -c "import torch, triton, transformers; print('torch', torch.__version__
 
 (
     t0=$SECONDS
-    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DRLKV_BUILD_TOOLS=OFF \
         -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-native}" ${RLKV_LLAMA_CPP_DIR:+-DRLKV_LLAMA_CPP_DIR=$RLKV_LLAMA_CPP_DIR} &&
         nice cmake --build "$build" -j "${BUILD_JOBS:-14}" &&
         cmake --install "$build" --component rlkv_edge --prefix "$build/install"
