@@ -18,17 +18,18 @@ LAYOUT := $(VENV)/.rlkv-python-files
 $(shell mkdir -p $(VENV) && git ls-files -co --exclude-standard rlkv_edge train convert 2>/dev/null | grep '\.py$$' | sort > $(LAYOUT).new && (cmp -s $(LAYOUT).new $(LAYOUT) || mv $(LAYOUT).new $(LAYOUT)); rm -f $(LAYOUT).new)
 SOURCES := $(shell git ls-files -co --exclude-standard native CMakeLists.txt pyproject.toml 2>/dev/null) $(LAYOUT)
 
-.PHONY: help install _install install-vulkan test-vulkan test lint chat demo clean distclean
+.PHONY: help install _install install-tools install-vulkan test-vulkan test lint chat demo clean distclean
 
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
 	@echo "make test      install if needed, then ruff, mypy and pytest ($(PYTEST_ARGS))"
 	@echo "make demo      the whole pipeline on the bundled SmolLM2: short train -> convert -> eval -> chat -> table"
 	@echo "make chat      install if needed, then chat with the bundled model (CHAT_ARGS=... for options)"
+	@echo "make install-tools   rebuild with llama.cpp's llama-server, -cli, -bench, -perplexity (on by default)"
 	@echo "make install-vulkan  the native libraries with ggml-vulkan, in $(VULKAN_BUILD)/install/rlkv_edge/lib, and a private"
 	@echo "                     Vulkan SDK + lavapipe CPU driver in $(VULKAN_SDK_DIR) (source its env.sh to run them)"
 	@echo "make test-vulkan     install-vulkan, then the offload tests (tests/native/test_native_offload.py, slow ones"
-	@echo "                     included) on lavapipe; not part of make test (about N min on 2 cores)"
+	@echo "                     included) on lavapipe, about 7 min on 2 cores (CI runs the non-slow ones after make test)"
 	@echo "make clean     remove build outputs and $(VENV) (the llama.cpp source cache is kept)"
 
 $(VENV)/bin/python:
@@ -50,6 +51,12 @@ _install:
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation -e ".[train,serve,dev]"
 
 install: $(STAMP)
+
+# llama.cpp's llama-server, llama-cli, llama-bench and llama-perplexity are built by default (RLKV_BUILD_TOOLS);
+# this rebuilds with them on where an earlier configure turned them off.
+install-tools: $(VENV)/bin/python
+	flock $(VENV)/.install.lock $(MAKE) --no-print-directory _install CMAKE_ARGS="$(CMAKE_ARGS) -DRLKV_BUILD_TOOLS=ON"
+	touch $(STAMP)
 
 # The same native libraries with the Vulkan backend, in their own build dir (the venv's CPU build is left
 # alone). native/vulkan-sdk.sh unpacks a private Vulkan SDK + Mesa's lavapipe (software Vulkan) into

@@ -64,9 +64,10 @@ def _type_size(name: str) -> float:
     return size / block
 
 
-def ring_cells(sink: int, window: int, n_ctx: int, n_ubatch: int = DEFAULT_UBATCH) -> int:
-    """Cells of a local head's ring: S + W + n_ubatch padded to 256, at most n_ctx (as llama.cpp's iSWA)."""
-    want = sink + window + n_ubatch
+def ring_cells(sink: int, window: int, n_ctx: int, n_ubatch: int = DEFAULT_UBATCH, n_seq: int = 1) -> int:
+    """Cells of a local head's ring: (S + W)·n_seq + n_ubatch padded to 256, at most n_ctx (as llama.cpp's iSWA;
+    n_seq sequences in one unified cache, e.g. llama-server's slots)."""
+    want = (sink + window) * n_seq + n_ubatch
     padded = (want + CELL_PAD - 1) // CELL_PAD * CELL_PAD
     return min(n_ctx, padded)
 
@@ -78,8 +79,10 @@ def kv_memory(
     type_k: str = "f16",
     type_v: str = "f16",
     n_ubatch: int = DEFAULT_UBATCH,
+    n_seq: int = 1,
 ) -> dict[str, Any]:
-    """KV bytes at n_ctx without and with compression (docs/DESIGN.md §7) and F_l per layer."""
+    """KV bytes at n_ctx without and with compression (docs/DESIGN.md §7) and F_l per layer (n_seq sequences
+    sharing one unified cache of n_ctx cells)."""
     check_sparsity(sparsity)
     if n_ctx <= 0:
         raise UsageError(f"context length must be positive, got {n_ctx}")
@@ -89,7 +92,7 @@ def kv_memory(
     f_l = full_heads_per_layer(scores, sparsity)
     sink = info.get("sink_size") or 64
     window = info.get("window_size") or 256
-    ring = ring_cells(sink, window, n_ctx, n_ubatch)
+    ring = ring_cells(sink, window, n_ctx, n_ubatch, n_seq)
     full_bytes = per_cell_head * n_layer * n_head_kv * n_ctx
     full_part = per_cell_head * int(f_l.sum()) * n_ctx
     local_part = per_cell_head * int((n_head_kv - f_l).sum()) * ring
@@ -108,8 +111,8 @@ def kv_memory(
         "kv_bytes_local_cache": round(local_part),
         "kv_bytes_compressed": round(full_part + local_part),
         "ratio": (full_part + local_part) / full_bytes if full_bytes else 1.0,
-        "assumption": f"ring = min(n_ctx, pad{CELL_PAD}(S + W + n_ubatch={n_ubatch})) cells; "
-        f"K {type_k}, V {type_v}; one sequence",
+        "assumption": f"ring = min(n_ctx, pad{CELL_PAD}((S + W)·{n_seq} + n_ubatch={n_ubatch})) cells; "
+        f"K {type_k}, V {type_v}; " + ("one sequence" if n_seq == 1 else f"{n_seq} sequences in one unified cache"),
         "tie": describe_tie(scores, sparsity) if info.get("head_scores") is not None else None,
     }
 
@@ -159,12 +162,13 @@ def choose_sparsity(
     type_k: str = "f16",
     type_v: str = "f16",
     n_ubatch: int = DEFAULT_UBATCH,
+    n_seq: int = 1,
 ) -> BudgetChoice:
     """Smallest sparsity whose KV cache (docs/DESIGN.md §7) fits `budget` bytes at n_ctx; BudgetError if none."""
     n_layer, n_head_kv = info["n_layer"], info["n_head_kv"]
     steps = sparsity_steps(n_layer, n_head_kv) if info.get("converted") else [0.0]
     for s in steps:
-        mem = kv_memory(info, s, n_ctx, type_k, type_v, n_ubatch)
+        mem = kv_memory(info, s, n_ctx, type_k, type_v, n_ubatch, n_seq)
         if mem["kv_bytes_compressed"] <= budget:
             return BudgetChoice(
                 sparsity=s,
@@ -175,7 +179,7 @@ def choose_sparsity(
                 n_total=n_layer * n_head_kv,
                 memory=mem,
             )
-    smallest = kv_memory(info, steps[-1], n_ctx, type_k, type_v, n_ubatch)["kv_bytes_compressed"]
+    smallest = kv_memory(info, steps[-1], n_ctx, type_k, type_v, n_ubatch, n_seq)["kv_bytes_compressed"]
     if not info.get("converted"):
         raise BudgetError(
             f"KV cache needs {format_mib(smallest)} at --ctx {n_ctx}, "

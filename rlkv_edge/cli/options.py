@@ -90,8 +90,9 @@ class RuntimeOptions:
         cache_type(self.cache_type_k, "--cache-type-k")
         cache_type(self.cache_type_v, "--cache-type-v")
 
-    def pick_sparsity(self, model: ModelFile) -> tuple[float | None, str | None]:
-        """The sparsity to load with (None: the file's own) and a line explaining a --kv-budget choice."""
+    def pick_sparsity(self, model: ModelFile, n_seq: int = 1) -> tuple[float | None, str | None]:
+        """The sparsity to load with (None: the file's own) and a line explaining a --kv-budget choice (the budget
+        covers n_seq sequences sharing one unified cache of --ctx cells)."""
         if self.kv_budget is None:
             return self.sparsity, None
         require_compression(model, "--kv-budget")
@@ -101,6 +102,7 @@ class RuntimeOptions:
             self.ctx,
             type_k=self.cache_type_k or "f16",
             type_v=self.cache_type_v or "f16",
+            n_seq=n_seq,
         )
         return choice.sparsity, choice.describe()
 

@@ -1,13 +1,16 @@
-"""`rlkv-edge serve`: an OpenAI-compatible API (llama-cpp-python's server) on the per-head KV runtime."""
+"""`rlkv-edge serve`: an OpenAI-compatible API on the per-head KV runtime: llama-cpp-python's server for one
+request at a time, llama.cpp's llama-server for `--parallel N` slots."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from rlkv_edge import _native
 from rlkv_edge.cli.app import note
 from rlkv_edge.cli.options import (
     BudgetOpt,
@@ -24,7 +27,7 @@ from rlkv_edge.cli.options import (
     resolve_model,
 )
 from rlkv_edge.errors import UsageError
-from rlkv_edge.models import describe
+from rlkv_edge.models import ModelFile, describe
 from rlkv_edge.serve import check_server_extras, create_app, run_server
 
 
@@ -43,11 +46,24 @@ def serve(
     threads: ThreadsOpt = None,
     alias: Annotated[str | None, typer.Option("--alias", help="Model name clients use (default: file name).")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require this bearer token.")] = None,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            "-np",
+            help="Slots served at once. Above 1, llama.cpp's llama-server serves them (continuous batching, one "
+            "unified KV cache of --ctx cells shared by the slots; --kv-budget covers all of them).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}")
+    if parallel < 1:
+        raise UsageError(f"--parallel must be >= 1, got {parallel}")
     opts = RuntimeOptions(ctx, sparsity, kv_budget, sink, window, n_gpu_layers, cache_type_k, cache_type_v, threads)
+    if parallel > 1:
+        _exec_llama_server(opts, resolve_model(model), host, port, parallel, alias, api_key)
     check_server_extras()
     llm = opts.open(resolve_model(model))
     try:
@@ -58,3 +74,48 @@ def serve(
         run_server(app, host, port)
     finally:
         llm.close()
+
+
+def _exec_llama_server(
+    opts: RuntimeOptions,
+    model: ModelFile,
+    host: str,
+    port: int,
+    parallel: int,
+    alias: str | None,
+    api_key: str | None,
+) -> None:
+    """Replace this process with llama-server on the same model and settings (llama.cpp's flag names)."""
+    path = _native.tool_path("llama-server")
+    if path is None:
+        raise UsageError("--parallel above 1 needs llama-server, which is not built (make install-tools)")
+    if model.note:
+        note(model.note)
+    s, budget_line = opts.pick_sparsity(model, n_seq=parallel)
+    if budget_line:
+        note(budget_line)
+    args = [str(path), "-m", str(model.path), "--host", host, "--port", str(port), "-c", str(opts.ctx)]
+    args += ["-np", str(parallel), "-kvu", "--no-webui"]
+    if opts.n_gpu_layers:
+        args += ["-ngl", str(opts.n_gpu_layers)]
+    overrides = []
+    if s is not None:
+        overrides.append(f"rlkv.sparsity=float:{s}")
+    if opts.sink is not None:
+        overrides.append(f"rlkv.sink_size=int:{opts.sink}")
+    if opts.window is not None:
+        overrides.append(f"rlkv.window_size=int:{opts.window}")
+    if overrides:
+        args += ["--override-kv", ",".join(overrides)]
+    for flag, value in (("-t", opts.threads), ("-ctk", opts.cache_type_k), ("-ctv", opts.cache_type_v)):
+        if value is not None:
+            args += [flag, str(value)]
+    if alias:
+        args += ["--alias", alias]
+    if api_key:
+        args += ["--api-key", api_key]
+    shown = ["<key>" if prev == "--api-key" else a for prev, a in zip(["", *args[:-1]], args, strict=True)]
+    note(" ".join(["llama-server", *shown[1:]]))
+    note(f"serving {parallel} slots with llama-server on http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
+    sys.stderr.flush()
+    os.execv(path, args)

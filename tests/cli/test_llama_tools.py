@@ -179,3 +179,48 @@ def test_slot_save_restore_and_refusal_with_another_window(smol_s16_w64: Path, t
         assert _complete(b, PROMPTS[1])
     log = (tmp_path / "b.log").read_text()
     assert "rlkv: this state was saved with S = 16, W = 64" in log and "this context has S = 16, W = 32" in log
+
+
+def test_serve_parallel_runs_llama_server_within_the_budget(tmp_path: Path) -> None:
+    """`rlkv-edge serve --parallel 2 --kv-budget` picks the sparsity for both slots' unified cache, says so, and
+    hands over to llama-server, which answers the OpenAI API with the api key on 127.0.0.1."""
+    import openai
+    from app_fixtures import tiny_rlkv
+    from openai import OpenAI
+
+    model = tiny_rlkv(tmp_path / "tiny.gguf").path
+    port = free_port()
+    log = tmp_path / "serve.log"
+    args = ["serve", str(model), "--parallel", "2", "--port", str(port), "--ctx", "1024", "--kv-budget", "0.2MiB"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [RLKV_EDGE, *args, "--api-key", "k", "-t", "2"], stdout=f, stderr=subprocess.STDOUT, env=ENV
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited: {log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", timeout=60)
+        out = client.completions.create(model="tiny", prompt="ab", max_tokens=4, temperature=0)
+        assert out.choices[0].text is not None
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", timeout=60).completions.create(
+                model="tiny", prompt="ab", max_tokens=1
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    text = log.read_text()
+    budget = "rlkv-edge: --kv-budget 0.20 MiB: sparsity 0.875 (0/4 heads full), KV cache 0.19 MiB"
+    assert budget in text and "serving 2 slots with llama-server" in text, text[:2000]
+    assert "-np 2 -kvu" in text and "--override-kv rlkv.sparsity=float:0.875" in text and "--api-key <key>" in text

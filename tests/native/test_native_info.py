@@ -3,6 +3,11 @@ F_l per layer, KV bytes and cells of the full and local (ring) caches, and rlkv.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
 from tiny_runtime import (
     load,
     model_info,
@@ -63,3 +68,32 @@ def test_flash_attention_off_warns_with_the_padding(tiny_paths):
     assert "0.03 of its 0.16 MiB (20%) are padding" in line and "-fa on" in line, line
     assert warning(tiny_paths["s75"], True) == []
     assert warning(tiny_paths["s50"], False) == []
+
+
+@pytest.mark.parametrize("n_seq", [1, 3])
+def test_ring_formula_with_sequences(n_seq):
+    """rlkv_edge.memory's ring (S + W)·n_seq + n_ubatch, padded to 256, is what the runtime allocates for n_seq
+    sequences in one unified cache (what `serve --parallel`'s --kv-budget counts)."""
+    import ctypes
+
+    import llama_cpp
+    from gguf_fixtures import write_tiny_gguf
+
+    from rlkv_edge import runtime
+    from rlkv_edge.memory import ring_cells
+
+    path = write_tiny_gguf(
+        Path(tempfile.mkdtemp()) / "ring.gguf",
+        rlkv=dict(scores=np.array([[0.9, 0.2], [0.6, 0.4]], np.float32), sparsity=0.5, sink=100, window=60),
+    ).path
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = 4096, 64, 64, n_seq, True
+    ctx = llama_cpp.llama_init_from_model(model, cp)
+    try:
+        full, local = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        assert runtime.native().llama_rlkv_kv_cells(ctx, ctypes.byref(full), ctypes.byref(local))
+        assert local.value == ring_cells(100, 60, 4096, 64, n_seq) == (256 if n_seq == 1 else 768)  # 224, 544 padded
+    finally:
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
