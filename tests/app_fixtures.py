@@ -3,10 +3,14 @@ with PLACEHOLDER scores (head-index rank, labelled as such: for runtime tests, n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +54,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _answers(port: int, health: str | None) -> bool:
+    """Whether 127.0.0.1:port accepts a connection (health None) or answers GET health with 200."""
+    try:
+        if health is None:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def server_process(
+    args: list[str], port: int, log: Path, *, health: str | None = None, timeout: float = 120
+) -> Iterator[str]:
+    """Run `rlkv-edge ARGS` (a server on 127.0.0.1:port, output to log) until it answers; yield its /v1 base URL
+    and stop it afterwards. Fails the test with the log's tail if it exits or does not answer in time."""
+    import pytest
+
+    with open(log, "w") as f:
+        proc = subprocess.Popen([RLKV_EDGE, *args], stdout=f, stderr=subprocess.STDOUT, env=ENV)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(port, health):
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from app_fixtures import ENV, RLKV_EDGE, free_port, placeholder_scores, run_cli
+from app_fixtures import free_port, placeholder_scores, run_cli, server_process
 from gguf_fixtures import smollm2_path
 
 from rlkv_edge import _native
@@ -46,32 +44,8 @@ def _llama_server(model: Path, log: Path, *extra: str) -> Iterator[str]:
     """`rlkv-edge llama server` on 127.0.0.1 (2 threads); yields its /v1 base URL once /health answers."""
     port = free_port()
     args = ["llama", "server", "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", "2"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [RLKV_EDGE, *args, "--no-webui", "-lv", "4", *extra], stdout=f, stderr=subprocess.STDOUT, env=ENV
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama-server exited: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama-server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with server_process([*args, "--no-webui", "-lv", "4", *extra], port, log, health="/health") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -192,34 +166,14 @@ def test_serve_parallel_runs_llama_server_within_the_budget(tmp_path: Path) -> N
     port = free_port()
     log = tmp_path / "serve.log"
     args = ["serve", str(model), "--parallel", "2", "--port", str(port), "--ctx", "1024", "--kv-budget", "0.2MiB"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [RLKV_EDGE, *args, "--api-key", "k", "-t", "2"], stdout=f, stderr=subprocess.STDOUT, env=ENV
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", timeout=60)
+    with server_process([*args, "--api-key", "k", "-t", "2"], port, log, health="/health", timeout=60) as url:
+        client = OpenAI(base_url=url, api_key="k", timeout=60)
         out = client.completions.create(model="tiny", prompt="ab", max_tokens=4, temperature=0)
         assert out.choices[0].text is not None
         with pytest.raises(openai.AuthenticationError):
-            OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", timeout=60).completions.create(
+            OpenAI(base_url=url, api_key="wrong", timeout=60).completions.create(
                 model="tiny", prompt="ab", max_tokens=1
             )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
     text = log.read_text()
     budget = "rlkv-edge: --kv-budget 0.20 MiB: sparsity 0.875 (0/4 heads full), KV cache 0.19 MiB"
     assert budget in text and "serving 2 slots with llama-server" in text, text[:2000]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_fixtures import ENV, RLKV_EDGE, free_port, tiny_rlkv
+from app_fixtures import ENV, RLKV_EDGE, free_port, server_process, tiny_rlkv
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -21,45 +19,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = tiny_rlkv(tmp_path_factory.mktemp("serve") / "tiny-rlkv.gguf").path
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [
-                RLKV_EDGE,
-                "serve",
-                str(model),
-                "--port",
-                str(port),
-                "--ctx",
-                "512",
-                "--threads",
-                "2",
-                "--alias",
-                "tiny",
-            ],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=ENV,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"server did not start: {log.read_text()}")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    args = ["serve", str(model), "--port", str(port), "--ctx", "512", "--threads", "2", "--alias", "tiny"]
+    with server_process(args, port, log, timeout=60) as url:
+        yield url
     assert "rlkv: sparsity 0.5" in log.read_text()
 
 
