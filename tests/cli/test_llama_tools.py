@@ -178,3 +178,24 @@ def test_serve_parallel_runs_llama_server_within_the_budget(tmp_path: Path) -> N
     budget = "rlkv-edge: --kv-budget 0.20 MiB: sparsity 0.875 (0/4 heads full), KV cache 0.19 MiB"
     assert budget in text and "serving 2 slots with llama-server" in text, text[:2000]
     assert "-np 2 -kvu" in text and "--override-kv rlkv.sparsity=float:0.875" in text and "--api-key <key>" in text
+
+
+def test_missing_tools_are_named(tmp_path: Path) -> None:
+    """With a build that has no programs (here: RLKV_LIB_DIR naming an empty folder) `llama` and `serve --parallel`
+    say which program is missing and how to build it: one line, exit 2."""
+    from app_fixtures import ENV
+
+    env = {**ENV, "RLKV_LIB_DIR": str(tmp_path / "lib")}
+    proc = run_cli("llama", "server", "--version", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"rlkv-edge: error: llama-server is not built in {tmp_path / 'bin'}; build the tools with "
+        "`make install-tools` (CMAKE_ARGS=-DRLKV_BUILD_TOOLS=ON)"
+    )
+    from app_fixtures import tiny_rlkv
+
+    model = tiny_rlkv(tmp_path / "tiny.gguf").path
+    proc = run_cli("serve", str(model), "--parallel", "2", env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "rlkv-edge: error: --parallel above 1 needs llama-server, which is not built (make install-tools)"
+    ), proc.stderr
