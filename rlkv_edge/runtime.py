@@ -161,6 +161,18 @@ def load_error(lines: list[tuple[int, str]]) -> str:
     return "llama.cpp could not load it"
 
 
+def rlkv_overrides(sparsity: float | None, sink: int | None, window: int | None) -> dict[str, float | int]:
+    """The rlkv.* metadata overrides for the values given (None: the file's own)."""
+    out: dict[str, float | int] = {}
+    if sparsity is not None:
+        out["rlkv.sparsity"] = float(sparsity)
+    if sink is not None:
+        out["rlkv.sink_size"] = int(sink)
+    if window is not None:
+        out["rlkv.window_size"] = int(window)
+    return out
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -190,12 +202,7 @@ def load(
         if value is not None and value < 0:
             raise UsageError(f"{name} must be >= 0, got {value}")
     overrides: dict[str, bool | int | float | str] = dict(llama_kwargs.pop("kv_overrides", None) or {})
-    if sparsity is not None:
-        overrides["rlkv.sparsity"] = float(sparsity)
-    if sink is not None:
-        overrides["rlkv.sink_size"] = int(sink)
-    if window is not None:
-        overrides["rlkv.window_size"] = int(window)
+    overrides.update(rlkv_overrides(sparsity, sink, window))
     kwargs: dict[str, Any] = {"n_threads": min(os.cpu_count() or 1, 8), "verbose": False, **llama_kwargs}
     kwargs["type_k"] = cache_type(type_k, "--cache-type-k")
     kwargs["type_v"] = cache_type(type_v, "--cache-type-v")

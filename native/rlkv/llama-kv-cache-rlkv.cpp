@@ -372,23 +372,12 @@ bool llama_kv_cache_rlkv::continue_ok(llama_seq_id seq_id, llama_pos q) const {
         return true;
     }
     // the local heads see the sinks [0, S) and the window [q - W + 1, q): all of them must be in the ring
-    const int64_t n_s  = std::min<int64_t>(n_sink, q);
-    const int64_t w0   = std::max<int64_t>(n_sink, (int64_t) q - n_window + 1);
-    const int64_t n_w  = std::max<int64_t>(0, (int64_t) q - w0);
-    std::vector<bool> seen(n_s + n_w, false);
-    const llama_kv_cells & cells = kv_local->get_cells(seq_id);
-    for (uint32_t i = 0; i < cells.size(); ++i) {
-        if (cells.is_empty(i) || !cells.seq_has(i, seq_id)) {
-            continue;
-        }
-        const int64_t p = cells.pos_get(i);
-        if (p < n_s) {
-            seen[p] = true;
-        } else if (p >= w0 && p < q) {
-            seen[n_s + (p - w0)] = true;
-        }
-    }
-    return std::all_of(seen.begin(), seen.end(), [](bool b) { return b; });
+    const llama_pos n_s = std::min<llama_pos>((llama_pos) n_sink, q);
+    const llama_pos w0  = std::max<llama_pos>(n_s, q - (llama_pos) n_window + 1);
+    std::vector<llama_pos> needed; // sorted: [0, n_s) then [w0, q)
+    for (llama_pos p = 0;  p < n_s; ++p) { needed.push_back(p); }
+    for (llama_pos p = w0; p < q;   ++p) { needed.push_back(p); }
+    return rlkv_next_query_ok(needed, rlkv_seq_positions(*kv_local, seq_id), n_sink, n_window);
 }
 
 llama_memory_context_ptr llama_kv_cache_rlkv::init_batch(llama_batch_allocr & balloc, uint32_t n_ubatch, bool embd_all) {

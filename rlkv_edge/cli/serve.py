@@ -28,6 +28,7 @@ from rlkv_edge.cli.options import (
 )
 from rlkv_edge.errors import UsageError
 from rlkv_edge.models import ModelFile, describe
+from rlkv_edge.runtime import rlkv_overrides
 from rlkv_edge.serve import check_server_extras, create_app, run_server
 
 
@@ -98,15 +99,10 @@ def _exec_llama_server(
     args += ["-np", str(parallel), "-kvu", "--no-webui"]
     if opts.n_gpu_layers:
         args += ["-ngl", str(opts.n_gpu_layers)]
-    overrides = []
-    if s is not None:
-        overrides.append(f"rlkv.sparsity=float:{s}")
-    if opts.sink is not None:
-        overrides.append(f"rlkv.sink_size=int:{opts.sink}")
-    if opts.window is not None:
-        overrides.append(f"rlkv.window_size=int:{opts.window}")
+    overrides = rlkv_overrides(s, opts.sink, opts.window)  # as llama.cpp's --override-kv KEY=TYPE:VALUE
     if overrides:
-        args += ["--override-kv", ",".join(overrides)]
+        kv = [f"{k}={'float' if isinstance(v, float) else 'int'}:{v}" for k, v in overrides.items()]
+        args += ["--override-kv", ",".join(kv)]
     for flag, value in (("-t", opts.threads), ("-ctk", opts.cache_type_k), ("-ctv", opts.cache_type_v)):
         if value is not None:
             args += [flag, str(value)]
