@@ -6,7 +6,8 @@
    (default heads) at s = 0, 0.25, 0.5 chosen with llama.cpp's own `--override-kv rlkv.sparsity=float:S`.
    Beside it, `rlkv-edge eval --text` at s = 0.5 on the same text and context. The two measure differently:
    llama-perplexity scores the second half of each ctx-token chunk against the original file; eval scores one
-   ctx-token prefix against the converted file at s = 0 (reordered heads).
+   ctx-token prefix against the converted file at s = 0 (reordered heads). So llama-perplexity also runs with
+   base logits from the converted file at s = 0, eval's reference.
 2. `llama-bench -p 512 -n 128 -d 0,2048,6144` on the converted file (s = 0.5 as converted), and
    `rlkv-edge bench` at the same depths, in the same run.
 Prints tables and writes JSON. Timings: this machine, the given threads; shared machines are noisy.
@@ -69,14 +70,23 @@ def main() -> None:
             out = run(RLKV_EDGE, "llama", "perplexity", "-m", str(model), *common, "--kl-divergence-base", base,
                       "--kl-divergence", "--override-kv", f"rlkv.sparsity=float:{s}")  # fmt: skip
             rows.append({"sparsity": s, **kld(out)})
+        # the reference eval uses: the converted file at s = 0 (re-ordered heads, every head full)
+        base_s0 = str(Path(d) / "base_s0.kld")
+        run(RLKV_EDGE, "llama", "perplexity", "-m", str(model), *common, "--kl-divergence-base", base_s0,
+            "--override-kv", "rlkv.sparsity=float:0")  # fmt: skip
+        out = run(RLKV_EDGE, "llama", "perplexity", "-m", str(model), *common, "--kl-divergence-base", base_s0,
+                  "--kl-divergence", "--override-kv", "rlkv.sparsity=float:0.5")  # fmt: skip
+        same_ref = {"sparsity": 0.5, "base": "converted file at s = 0", **kld(out)}
     ev = json.loads(run(RLKV_EDGE, "eval", str(model), "--text", str(args.text), "-s", "0.5", "-c", str(args.ctx),
                         "-t", t, "--json"))  # fmt: skip
     result["perplexity_kld"] = rows
+    result["perplexity_kld_base_s0"] = same_ref
     result["eval_text_s05"] = ev
     print(f"# llama-perplexity --kl-divergence, {args.text.name}, ctx {args.ctx}, base = original GGUF")
     print(f"{'s':>5} {'mean KLD':>9} {'same top-1':>10}")
     for r in rows:
         print(f"{r['sparsity']:>5} {r.get('kl', float('nan')):>9.4f} {r.get('top1', float('nan')):>10.3f}")
+    print(f"# base = the converted file at s = 0 (eval's reference): s = 0.5 mean KLD {same_ref.get('kl', 0):.4f}")
     print("# rlkv-edge eval --text at s = 0.5:", json.dumps(ev)[:400])
 
     depths = "0,2048,6144"

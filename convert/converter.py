@@ -192,9 +192,10 @@ def _kv_records(reader: GGUFReader) -> Iterator[bytes]:
 
 
 def _rlkv_records(
-    scores: np.ndarray, perm: np.ndarray, sparsity: float, sink: int, window: int, source: str
+    scores: np.ndarray, perm: np.ndarray, sparsity: float, sink: int, window: int, source: str, calibration: str | None
 ) -> list[bytes]:
     """The rlkv.* key/value records (docs/DESIGN.md §3)."""
+    extra = [encode_kv("rlkv.calibration", calibration, GGUFValueType.STRING)] if calibration else []
     return [
         encode_kv("rlkv.version", RLKV_VERSION, GGUFValueType.UINT32),
         encode_kv("rlkv.head_scores", scores.astype(np.float32).ravel(), GGUFValueType.ARRAY, GGUFValueType.FLOAT32),
@@ -203,6 +204,7 @@ def _rlkv_records(
         encode_kv("rlkv.sink_size", int(sink), GGUFValueType.UINT32),
         encode_kv("rlkv.window_size", int(window), GGUFValueType.UINT32),
         encode_kv("rlkv.source", source, GGUFValueType.STRING),
+        *extra,
     ]
 
 
@@ -285,8 +287,10 @@ def convert_gguf(
     force: bool = False,
     progress: bool = True,
     heads_path: str | None = None,
+    calibration: str | None = None,
 ) -> ConvertReport:
-    """Re-order KV heads of src by heads.scores into dst (atomic write) and add rlkv.* metadata."""
+    """Re-order KV heads of src by heads.scores into dst (atomic write) and add rlkv.* metadata (calibration:
+    an rlkv.calibration JSON string to store, see rlkv_edge/calibration.py)."""
     t0 = time.perf_counter()
     src_p = Path(src)
     reader = open_gguf(src_p)
@@ -314,7 +318,7 @@ def convert_gguf(
     jobs = _plan_jobs(reader, info, moves)
     entries = [TensorEntry(j.src.name, j.ne, j.out_type, tensor_nbytes(j.ne, j.out_type)) for j in jobs]
     kv = list(_kv_records(reader))
-    kv += _rlkv_records(new_scores, order, s, sink_n, window_n, _source_string(heads, heads_path, src_p))
+    kv += _rlkv_records(new_scores, order, s, sink_n, window_n, _source_string(heads, heads_path, src_p), calibration)
     report = ConvertReport(
         src=src_p,
         dst=dst_p,

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from rlkv_edge.calibration import Calibration
 from rlkv_edge.errors import UsageError
 from rlkv_edge.masks import full_head_mask
 from rlkv_edge.memory import format_mib
@@ -46,6 +47,15 @@ def plot_scores(info: dict[str, Any], path: str | os.PathLike[str], sparsity: fl
         plt.close(fig)
 
 
+def _calibration_line(info: dict[str, Any]) -> str:
+    """One line about the file's rlkv.calibration (convert --calibrate)."""
+    if not info.get("calibration"):
+        return "none (--kv-budget picks only the sparsity; convert --calibrate TEXT to measure a grid)"
+    cal = Calibration.from_json(info["calibration"])
+    types = sorted({p.type_k for p in cal.points})
+    return f"{len(cal.points)} points ({', '.join(types)}) measured on {cal.n_tokens} tokens of {cal.text}"
+
+
 def render_report(info: dict[str, Any], mem: dict[str, Any], plot: str | os.PathLike[str] | None) -> str:
     """The human-readable `inspect` report of a file's metadata and its KV memory estimate."""
     lines = [
@@ -61,6 +71,7 @@ def render_report(info: dict[str, Any], mem: dict[str, Any], plot: str | os.Path
             f"rlkv          version {info['rlkv_version']}, S = {info['sink_size']}, "
             f"W = {info['window_size']}, stored s = {info['sparsity']:g}",
             f"source        {info['source']}",
+            f"calibration   {_calibration_line(info)}",
         ]
     f_l = mem["full_heads_per_layer"]
     n_heads = info["n_layer"] * info["n_head_kv"]

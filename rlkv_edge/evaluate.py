@@ -191,6 +191,20 @@ def read_text_file(path: Path) -> str:
     return body
 
 
+def text_tokens(model: ModelFile, path: Path, n_tokens: int, min_tokens: int = 16) -> list[int]:
+    """The first n_tokens tokens of a UTF-8 text file as `model` tokenizes it (BOS first); DataError if the text
+    gives fewer than min_tokens."""
+    body = read_text_file(path)
+    probe = open_model(model, n_ctx=512, sparsity=0.0 if model.converted else None, n_threads=1)
+    try:
+        tokens = probe.tokenize(body.encode("utf-8"), add_bos=True)[:n_tokens]
+    finally:
+        probe.close()
+    if len(tokens) < min_tokens:
+        raise DataError(f"{path}: the text is too short ({len(tokens)} tokens, need at least {min_tokens})")
+    return tokens
+
+
 def evaluate(
     model: ModelFile | Path,
     *,

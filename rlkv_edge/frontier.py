@@ -5,7 +5,8 @@ rlkv composed with quantization, all-local (StreamingLLM-style), random and per-
 loaded in this one process and measured the same way: KV bytes at n_ctx (what the runtime allocated),
 mean KL(full f16 ‖ config) and top-1 agreement over a text, and, optionally, pp / tg tokens/s at a depth
 as ratios to the f16 full cache. A point is on the Pareto front when no other point has no more KV bytes,
-no more KL and no less decode speed, and is better in one of them.
+no more KL and no less decode speed, and is better in one of them. `calibrate` measures the grid of
+rlkv_edge/calibration.py the same way, for `convert --calibrate`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rlkv_edge.bench import bench_loaded
+from rlkv_edge.calibration import Calibration, CalibrationPoint, grid
 from rlkv_edge.evaluate import compare_logprobs, text_logprobs
 from rlkv_edge.memory import MIB
 from rlkv_edge.models import open_model
@@ -218,3 +220,32 @@ def plot(points: Sequence[FrontierPoint], path: str | os.PathLike[str], title: s
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
+
+
+def calibrate(
+    path: Path,
+    tokens: Sequence[int],
+    *,
+    sink: int,
+    window: int,
+    text_name: str,
+    points: Sequence[tuple[str, float, int, int]] | None = None,
+    n_threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Calibration:
+    """Mean KL(f16 full ‖ point) and top-1 on `tokens` for every (cache type, s, S, W) point (default: `grid`
+    around the file's S/W), in this process; the f16 full cache is the reference."""
+    todo = list(points if points is not None else grid(sink, window))
+    ref = ("f16", 0.0, sink, window)
+    if ref in todo:
+        todo.remove(ref)
+    todo.insert(0, ref)
+    configs = [FrontierConfig(f"{t} s={s:g} S{sk}/W{w}", "calibration", path, s, sk, w, t, t) for t, s, sk, w in todo]
+    measured = measure(configs, tokens, n_ctx=len(tokens) + 16, depth=None, n_threads=n_threads, log=log)
+    out = [
+        CalibrationPoint(
+            c.type_k, c.type_v, float(c.sparsity or 0.0), int(c.sink or 0), int(c.window or 0), m.mean_kl, m.top1
+        )
+        for c, m in zip(configs, measured, strict=True)
+    ]
+    return Calibration(n_tokens=len(tokens), text=os.path.basename(text_name), points=out)

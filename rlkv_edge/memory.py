@@ -54,7 +54,7 @@ def format_mib(n_bytes: float, digits: int = 2) -> str:
     return f"{n_bytes / MIB:,.{digits}f} MiB"
 
 
-def _type_size(name: str) -> float:
+def type_size(name: str) -> float:
     """Bytes per element of a ggml type given by name (f16, q8_0, ...)."""
     try:
         qtype = GGMLQuantizationType[name.upper()]
@@ -80,18 +80,20 @@ def kv_memory(
     type_v: str = "f16",
     n_ubatch: int = DEFAULT_UBATCH,
     n_seq: int = 1,
+    sink: int | None = None,
+    window: int | None = None,
 ) -> dict[str, Any]:
     """KV bytes at n_ctx without and with compression (docs/DESIGN.md §7) and F_l per layer (n_seq sequences
-    sharing one unified cache of n_ctx cells)."""
+    sharing one unified cache of n_ctx cells; sink/window: instead of the file's S and W)."""
     check_sparsity(sparsity)
     if n_ctx <= 0:
         raise UsageError(f"context length must be positive, got {n_ctx}")
     n_layer, n_head_kv = info["n_layer"], info["n_head_kv"]
-    per_cell_head = info["head_dim_k"] * _type_size(type_k) + info["head_dim_v"] * _type_size(type_v)
+    per_cell_head = info["head_dim_k"] * type_size(type_k) + info["head_dim_v"] * type_size(type_v)
     scores = np.asarray(info.get("head_scores") or np.ones((n_layer, n_head_kv)), dtype=np.float32)
     f_l = full_heads_per_layer(scores, sparsity)
-    sink = info.get("sink_size") or 64
-    window = info.get("window_size") or 256
+    sink = sink if sink is not None else info.get("sink_size") or 64
+    window = window if window is not None else info.get("window_size") or 256
     ring = ring_cells(sink, window, n_ctx, n_ubatch, n_seq)
     full_bytes = per_cell_head * n_layer * n_head_kv * n_ctx
     full_part = per_cell_head * int(f_l.sum()) * n_ctx
@@ -111,6 +113,8 @@ def kv_memory(
         "kv_bytes_local_cache": round(local_part),
         "kv_bytes_compressed": round(full_part + local_part),
         "ratio": (full_part + local_part) / full_bytes if full_bytes else 1.0,
+        "sink": sink,
+        "window": window,
         "assumption": f"ring = min(n_ctx, pad{CELL_PAD}((S + W)·{n_seq} + n_ubatch={n_ubatch})) cells; "
         f"K {type_k}, V {type_v}; " + ("one sequence" if n_seq == 1 else f"{n_seq} sequences in one unified cache"),
         "tie": describe_tie(scores, sparsity) if info.get("head_scores") is not None else None,
@@ -135,7 +139,8 @@ def sparsity_steps(n_layer: int, n_head_kv: int) -> list[float]:
 
 @dataclass
 class BudgetChoice:
-    """The sparsity chosen for a budget, and the memory estimate that justified it."""
+    """The configuration chosen for a budget (sparsity; with a calibration also cache types, S and W), and the
+    memory estimate that justified it."""
 
     sparsity: float
     kv_bytes: int
@@ -144,14 +149,24 @@ class BudgetChoice:
     n_full: int
     n_total: int
     memory: dict[str, Any]
+    type_k: str = "f16"
+    type_v: str = "f16"
+    sink: int | None = None  # None: the file's own (also for window)
+    window: int | None = None
+    mean_kl: float | None = None  # the calibration's measurement, when the choice came from one
+    basis: str = "smallest sparsity that fits"
 
     def describe(self) -> str:
         """One line for the user."""
-        return (
-            f"--kv-budget {format_mib(self.budget)}: sparsity {self.sparsity:.4g} "
-            f"({self.n_full}/{self.n_total} heads full), KV cache {format_mib(self.kv_bytes)} "
-            f"vs {format_mib(self.uncompressed_bytes)} uncompressed"
-        )
+        parts = [f"sparsity {self.sparsity:.4g} ({self.n_full}/{self.n_total} heads full)"]
+        if self.mean_kl is not None:
+            parts.insert(0, f"K {self.type_k}, V {self.type_v}")
+            parts.append(f"S{self.sink}/W{self.window}")
+        line = f"--kv-budget {format_mib(self.budget)}: " + ", ".join(parts)
+        line += f", KV cache {format_mib(self.kv_bytes)} vs {format_mib(self.uncompressed_bytes)} uncompressed"
+        if self.mean_kl is not None:
+            line += f"; KL {self.mean_kl:.4g}, the {self.basis}"
+        return line
 
 
 def choose_sparsity(
@@ -163,12 +178,15 @@ def choose_sparsity(
     type_v: str = "f16",
     n_ubatch: int = DEFAULT_UBATCH,
     n_seq: int = 1,
+    sink: int | None = None,
+    window: int | None = None,
 ) -> BudgetChoice:
-    """Smallest sparsity whose KV cache (docs/DESIGN.md §7) fits `budget` bytes at n_ctx; BudgetError if none."""
+    """Smallest sparsity whose KV cache (docs/DESIGN.md §7) fits `budget` bytes at n_ctx; BudgetError if none.
+    sink/window: the S and W the model will be loaded with, when not the file's."""
     n_layer, n_head_kv = info["n_layer"], info["n_head_kv"]
     steps = sparsity_steps(n_layer, n_head_kv) if info.get("converted") else [0.0]
     for s in steps:
-        mem = kv_memory(info, s, n_ctx, type_k, type_v, n_ubatch, n_seq)
+        mem = kv_memory(info, s, n_ctx, type_k, type_v, n_ubatch, n_seq, sink, window)
         if mem["kv_bytes_compressed"] <= budget:
             return BudgetChoice(
                 sparsity=s,
@@ -178,8 +196,12 @@ def choose_sparsity(
                 n_full=mem["n_full"],
                 n_total=n_layer * n_head_kv,
                 memory=mem,
+                type_k=type_k,
+                type_v=type_v,
+                sink=sink,
+                window=window,
             )
-    smallest = kv_memory(info, steps[-1], n_ctx, type_k, type_v, n_ubatch, n_seq)["kv_bytes_compressed"]
+    smallest = kv_memory(info, steps[-1], n_ctx, type_k, type_v, n_ubatch, n_seq, sink, window)["kv_bytes_compressed"]
     if not info.get("converted"):
         raise BudgetError(
             f"KV cache needs {format_mib(smallest)} at --ctx {n_ctx}, "

@@ -507,6 +507,7 @@ def read_rlkv_info(path: str | os.PathLike[str], header: GGUFHeader | None = Non
     original = np.zeros_like(stored)
     np.put_along_axis(original, perm, stored, axis=1)
     source = header.get("rlkv.source")
+    calibration = header.get("rlkv.calibration")
     out.update(
         {
             "rlkv_version": int(header["rlkv.version"]),
@@ -514,6 +515,7 @@ def read_rlkv_info(path: str | os.PathLike[str], header: GGUFHeader | None = Non
             "sink_size": int(header["rlkv.sink_size"]),
             "window_size": int(header["rlkv.window_size"]),
             "source": source if isinstance(source, str) else None,
+            "calibration": calibration if isinstance(calibration, str) else None,
             "head_scores": stored.tolist(),
             "head_perm": perm.tolist(),
             "scores": original.tolist(),

@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from rlkv_edge.calibration import Calibration
 from rlkv_edge.errors import MetadataError, ModelError, UsageError
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.metadata import (
@@ -71,6 +72,12 @@ class ModelFile:
     def info(self) -> dict[str, Any]:
         """`read_rlkv_info` of the file; MetadataError with the runtime's reason if its rlkv.* keys are invalid."""
         return read_rlkv_info(self.path, self.header)
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """The file's `rlkv.calibration` (convert --calibrate), or None."""
+        text = self.info.get("calibration") if self.converted else None
+        return Calibration.from_json(text, f"{self.path}: rlkv.calibration") if text else None
 
     @property
     def converted(self) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import rlkv_edge  # noqa: F401  (sets LLAMA_CPP_LIB_PATH before llama_cpp loads)
 from rlkv_edge._native import llama_lib
-from rlkv_edge.errors import ModelError, UsageError
+from rlkv_edge.errors import ModelError, RlkvError, UsageError
 from rlkv_edge.masks import check_sparsity
 
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "iq4_nl": 20, "bf16": 30}
@@ -92,6 +92,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         ctypes.POINTER(ctypes.c_int32),
         ctypes.POINTER(ctypes.c_int8),
     ]
+    lib.llama_rlkv_fill_seq.restype = ctypes.c_int32
+    lib.llama_rlkv_fill_seq.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32]
     lib._rlkv_bound = True  # type: ignore[attr-defined]
     return lib
 
@@ -258,6 +260,17 @@ def kv_cells(llm: Any) -> tuple[int, int]:
     if not native().llama_rlkv_kv_cells(llm._ctx.ctx, ctypes.byref(full), ctypes.byref(local)):
         raise ModelError("this context has no KV cache")
     return int(full.value), int(local.value)
+
+
+def fill_seq(llm: Any, n_tokens: int, seq_id: int = 0) -> None:
+    """Append n_tokens positions to a sequence without computing them (benchmarks: speed at depth, not quality)."""
+    rc = native().llama_rlkv_fill_seq(llm._ctx.ctx, seq_id, n_tokens)
+    if rc != 0:
+        what = {
+            1: "they pass the context (n_ctx) or the KV cache has no room",
+            -2: "a ubatch could not be applied",
+        }.get(rc, "invalid input")
+        raise RlkvError(f"could not fill sequence {seq_id} with {n_tokens} positions: {what}")
 
 
 def full_head_mask_native(scores: Any, sparsity: float) -> tuple[int, Any]:

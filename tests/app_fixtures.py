@@ -70,14 +70,24 @@ def _answers(port: int, health: str | None) -> bool:
 
 @contextlib.contextmanager
 def server_process(
-    args: list[str], port: int, log: Path, *, health: str | None = None, timeout: float = 120
+    args: list[str],
+    port: int,
+    log: Path,
+    *,
+    health: str | None = None,
+    timeout: float = 120,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Run `rlkv-edge ARGS` (a server on 127.0.0.1:port, output to log) until it answers; yield its /v1 base URL
-    and stop it afterwards. Fails the test with the log's tail if it exits or does not answer in time."""
+    and stop it afterwards. Fails the test with the log's tail if it exits or does not answer in time. procs,
+    if given, receives the process (e.g. to read its memory); env: extra environment variables."""
     import pytest
 
     with open(log, "w") as f:
-        proc = subprocess.Popen([RLKV_EDGE, *args], stdout=f, stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen([RLKV_EDGE, *args], stdout=f, stderr=subprocess.STDOUT, env={**ENV, **(env or {})})
+    if procs is not None:
+        procs.append(proc)
     try:
         deadline = time.monotonic() + timeout
         while not _answers(port, health):

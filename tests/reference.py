@@ -73,6 +73,9 @@ class RefModel:
         self.K = [np.zeros((0, m.n_head_kv, m.head_dim)) for _ in range(m.n_layer)]  # pre-rope K
         self.V = [np.zeros((0, m.n_head_kv, m.head_dim)) for _ in range(m.n_layer)]
         self.P = np.zeros(0, dtype=np.int64)
+        # where each stored key is rotated, minus its position (None: at its position). Only to mirror upstream's
+        # seq_div, whose K-shift rotates a key to 2·old - new instead of new (llama_kv_cells::pos_div's sign)
+        self.rot_offset: np.ndarray | None = None
 
     def truncate(self, n: int) -> None:
         """Drop the stored positions >= n."""
@@ -89,6 +92,8 @@ class RefModel:
         x = w["token_embd.weight"].astype(np.float64)[np.asarray(tokens)]
         H, NH, D = m.n_head_kv, m.n_head, m.head_dim
         P_all = np.concatenate([self.P, pos])
+        off = self.rot_offset if self.rot_offset is not None else np.zeros(len(self.P), dtype=np.int64)
+        R_all = P_all + np.concatenate([off, np.zeros(T, dtype=np.int64)])
         causal = P_all[None, :] <= pos[:, None]
         local = causal & ((P_all[None, :] < self.S) | (pos[:, None] - self.W < P_all[None, :]))
         for il in range(m.n_layer):
@@ -100,7 +105,7 @@ class RefModel:
             self.K[il] = np.concatenate([self.K[il], k])
             self.V[il] = np.concatenate([self.V[il], v])
             qr = rope_norm(q, pos, m.rope_base)
-            kr = rope_norm(self.K[il], P_all, m.rope_base)
+            kr = rope_norm(self.K[il], R_all, m.rope_base)
             visible = np.stack([causal if hk < self.n_full[il] else local for hk in range(H)])
             out = attention(qr, kr, self.V[il], visible)
             x = x + out.reshape(T, NH * D) @ w[p + "attn_output.weight"].astype(np.float64).T
@@ -109,5 +114,7 @@ class RefModel:
             up = h @ w[p + "ffn_up.weight"].astype(np.float64).T
             x = x + ((gt / (1.0 + np.exp(-gt))) * up) @ w[p + "ffn_down.weight"].astype(np.float64).T
         self.P = P_all
+        if self.rot_offset is not None:
+            self.rot_offset = R_all - P_all
         h = rms_norm(x, w["output_norm.weight"], m.norm_eps)
         return h @ w["output.weight"].astype(np.float64).T

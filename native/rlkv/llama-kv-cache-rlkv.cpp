@@ -30,7 +30,7 @@ llama_kv_cache_rlkv::llama_kv_cache_rlkv(
                  uint32_t   kv_size,
                  uint32_t   n_seq_max,
                  uint32_t   n_ubatch) :
-    unified(unified), n_sink(meta.sink), n_window(meta.window), n_head_kv(meta.n_head_kv), n_seq_max(n_seq_max),
+    unified(unified), kv_size(kv_size), n_sink(meta.sink), n_window(meta.window), n_head_kv(meta.n_head_kv), n_seq_max(n_seq_max),
     n_full(meta.n_full), hparams_full(model.hparams), hparams_local(model.hparams) {
 
     const uint32_t L = meta.n_layer;
@@ -150,111 +150,108 @@ static std::vector<llama_pos> rlkv_seq_positions(const llama_kv_cache & kv, llam
     return res;
 }
 
-// true when every key the next query after `rest` (sorted positions a sequence keeps) sees through its local
-// heads (the sinks and the last W positions) is among the resident ones R (sorted)
-static bool rlkv_next_query_ok(const std::vector<llama_pos> & rest, const std::vector<llama_pos> & R, int64_t S, int64_t W) {
-    if (rest.empty()) {
+// true when key position k (< q) is seen by the local heads of a query at q: a sink or in the window
+static bool rlkv_local_sees(int64_t k, int64_t q, int64_t S, int64_t W) {
+    return k < S || k >= q - W + 1;
+}
+
+bool llama_kv_cache_rlkv::local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const {
+    // the copy keeps [p0, p1) of the source and drops the rest
+    return !kv_local || local_after_ok(seq_id_src, 0, 0, [p0, p1](llama_pos p) { return p >= p0 && p < p1 ? (int64_t) p : -1; });
+}
+
+std::vector<llama_pos> llama_kv_cache_rlkv::logical_positions(llama_seq_id seq_id, const std::vector<llama_pos> & R) const {
+    // the full cache holds all of them; without one, assume 0 .. the newest resident position
+    if (kv_full) {
+        return rlkv_seq_positions(*kv_full, seq_id);
+    }
+    std::vector<llama_pos> Lg(R.empty() ? 0 : R.back() + 1);
+    for (size_t p = 0; p < Lg.size(); ++p) {
+        Lg[p] = (llama_pos) p;
+    }
+    return Lg;
+}
+
+bool llama_kv_cache_rlkv::local_after_ok(
+        llama_seq_id seq_id, llama_pos r0, llama_pos r1, const std::function<int64_t(llama_pos)> & move) const {
+    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
+    if (R.empty()) {
         return true;
     }
-    const int64_t q = (int64_t) rest.back() + 1;
-    for (llama_pos p : rest) {
-        const bool needed = p < S || (int64_t) p >= q - W + 1;
-        if (needed && !std::binary_search(R.begin(), R.end(), p)) {
+
+    // (new position, old position) of every position the sequence keeps; a negative new position drops it (as
+    // llama_kv_cells::pos_add does)
+    std::vector<std::pair<int64_t, llama_pos>> kept;
+    for (llama_pos p : logical_positions(seq_id, R)) {
+        const int64_t p_new = move(p);
+        if ((p < r0 || p >= r1) && p_new >= 0) {
+            kept.emplace_back(p_new, p);
+        }
+    }
+    if (kept.empty()) {
+        return true; // the sequence is emptied
+    }
+
+    // the next query comes after the newest kept position; it needs the keys now at its sinks and its window
+    int64_t q = 0;
+    for (const auto & [p_new, p] : kept) {
+        q = std::max(q, p_new + 1);
+    }
+    const int64_t S = n_sink;
+    const int64_t W = n_window;
+    for (const auto & [p_new, p] : kept) {
+        if (rlkv_local_sees(p_new, q, S, W) && !std::binary_search(R.begin(), R.end(), p)) {
             return false;
         }
     }
     return true;
 }
 
-bool llama_kv_cache_rlkv::local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const {
-    if (!kv_local) {
-        return true;
-    }
-    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id_src);
-    std::vector<llama_pos> copied;
-    if (kv_full) {
-        for (llama_pos p : rlkv_seq_positions(*kv_full, seq_id_src)) {
-            if (p >= p0 && p < p1) {
-                copied.push_back(p);
-            }
-        }
-    } else {
-        for (llama_pos p = std::max<llama_pos>(p0, 0); !R.empty() && p <= R.back() && p < p1; ++p) {
-            copied.push_back(p);
-        }
-    }
-    return rlkv_next_query_ok(copied, R, n_sink, n_window);
+bool llama_kv_cache_rlkv::seq_touches(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const {
+    const llama_kv_cache & logical = kv_full ? *kv_full : *kv_local;
+    const llama_pos pmax = logical.seq_pos_max(seq_id);
+    return pmax >= 0 && pmax >= p0 && logical.seq_pos_min(seq_id) < p1;
 }
 
 bool llama_kv_cache_rlkv::local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const {
-    if (!kv_local) {
-        return true;
-    }
-
     // nothing of the sequence lies in [p0, p1): nothing is removed. llama-cpp-python calls
     // seq_rm(seq, n_past, -1) before every decode, so this keeps the check O(1) per generated token
-    const llama_kv_cache & logical = kv_full ? *kv_full : *kv_local;
-    if (logical.seq_pos_max(seq_id) < p0 || logical.seq_pos_min(seq_id) >= p1) {
+    if (!kv_local || !seq_touches(seq_id, p0, p1)) {
         return true;
     }
 
-    // R: what the local heads hold
-    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
-    if (R.empty()) {
-        return true;
-    }
-
-    // Lg: the positions the sequence logically has. the full cache holds all of them; without one, assume 0..max
-    std::vector<llama_pos> Lg;
-    if (kv_full) {
-        Lg = rlkv_seq_positions(*kv_full, seq_id);
-    } else {
-        Lg.resize(R.back() + 1);
-        for (llama_pos p = 0; p <= R.back(); ++p) {
-            Lg[p] = p;
-        }
-    }
-
-    auto removed = [&](llama_pos p) { return p >= p0 && p < p1; };
-    auto resident = [&](llama_pos p) { return std::binary_search(R.begin(), R.end(), p); };
-
-    bool any_removed = false;
-    std::vector<llama_pos> rest;
-    rest.reserve(Lg.size());
-    for (llama_pos p : Lg) {
-        if (removed(p)) {
-            any_removed = true;
-        } else {
-            rest.push_back(p);
-        }
-    }
-    if (!any_removed || rest.empty()) {
-        return true; // nothing changes, or the sequence is emptied
-    }
-
-    const llama_pos q = rest.back() + 1; // the next query
-    const int64_t S = n_sink;
-    const int64_t W = n_window;
-
-    // (a) the next query at q, positions as they are
-    if (!rlkv_next_query_ok(rest, R, S, W)) {
+    // (a) the next query, positions as they are
+    const auto same = [](llama_pos p) { return (int64_t) p; };
+    if (!local_after_ok(seq_id, p0, p1, same)) {
         return false;
     }
 
     // (b) the same after the usual follow-up seq_add that closes the hole (context shift): the tail moves down by d
-    const bool has_tail = rest.back() >= p1;
-    if (has_tail && p1 < std::numeric_limits<llama_pos>::max()) {
+    if (p1 < std::numeric_limits<llama_pos>::max() && seq_touches(seq_id, p1, std::numeric_limits<llama_pos>::max())) {
         const int64_t d = (int64_t) p1 - p0;
-        const int64_t q_new = (int64_t) q - d;
-        for (llama_pos p : rest) {
-            const int64_t p_new = p >= p1 ? (int64_t) p - d : (int64_t) p;
-            const bool needed = p_new < S || p_new >= q_new - W + 1;
-            if (needed && !resident(p)) {
-                return false;
-            }
+        const auto closed = [p1, d](llama_pos p) { return p >= p1 ? (int64_t) p - d : (int64_t) p; };
+        if (!local_after_ok(seq_id, p0, p1, closed)) {
+            return false;
         }
     }
 
+    return true;
+}
+
+bool llama_kv_cache_rlkv::local_move_ok(
+        llama_seq_id seq_id, llama_pos p0, llama_pos p1, const std::function<int64_t(llama_pos)> & move) const {
+    if (!kv_local) {
+        return true;
+    }
+    const auto moved = [&](llama_pos p) { return p >= p0 && p < p1 ? move(p) : (int64_t) p; };
+    if (seq_id >= 0) {
+        return !seq_touches(seq_id, p0, p1) || local_after_ok(seq_id, 0, 0, moved);
+    }
+    for (uint32_t s = 0; s < n_seq_max && s < LLAMA_MAX_SEQ; ++s) {
+        if (seq_touches((llama_seq_id) s, p0, p1) && !local_after_ok((llama_seq_id) s, 0, 0, moved)) {
+            return false;
+        }
+    }
     return true;
 }
 
@@ -310,11 +307,28 @@ void llama_kv_cache_rlkv::seq_keep(llama_seq_id seq_id) {
 }
 
 void llama_kv_cache_rlkv::seq_add(llama_seq_id seq_id, llama_pos p0, llama_pos p1, llama_pos shift) {
+    if (p0 < 0) { p0 = 0; }
+    if (p1 < 0) { p1 = std::numeric_limits<llama_pos>::max(); }
+    // moving positions can bring evicted ones into the sinks or the window of the next query: then the shift
+    // is not made (it returns nothing), the sequence stays as it was, and a decode that relies on it fails the
+    // batch's position checks instead of attending to holes
+    if (shift != 0 && !local_move_ok(seq_id, p0, p1, [shift](llama_pos p) { return (int64_t) p + shift; })) {
+        LLAMA_LOG_WARN("%s: rlkv: not shifting [%d, %d) of seq %d by %d: the local heads would miss keys\n",
+                __func__, p0, p1, seq_id, shift);
+        return;
+    }
     if (kv_full)  { kv_full ->seq_add(seq_id, p0, p1, shift); }
     if (kv_local) { kv_local->seq_add(seq_id, p0, p1, shift); }
 }
 
 void llama_kv_cache_rlkv::seq_div(llama_seq_id seq_id, llama_pos p0, llama_pos p1, int d) {
+    if (p0 < 0) { p0 = 0; }
+    if (p1 < 0) { p1 = std::numeric_limits<llama_pos>::max(); }
+    if (d != 1 && !local_move_ok(seq_id, p0, p1, [d](llama_pos p) { return (int64_t) p / d; })) {
+        LLAMA_LOG_WARN("%s: rlkv: not dividing [%d, %d) of seq %d by %d: the local heads would miss keys\n",
+                __func__, p0, p1, seq_id, d);
+        return;
+    }
     if (kv_full)  { kv_full ->seq_div(seq_id, p0, p1, d); }
     if (kv_local) { kv_local->seq_div(seq_id, p0, p1, d); }
 }
@@ -371,13 +385,20 @@ bool llama_kv_cache_rlkv::continue_ok(llama_seq_id seq_id, llama_pos q) const {
     if (!kv_local) {
         return true;
     }
-    // the local heads see the sinks [0, S) and the window [q - W + 1, q): all of them must be in the ring
-    const llama_pos n_s = std::min<llama_pos>((llama_pos) n_sink, q);
-    const llama_pos w0  = std::max<llama_pos>(n_s, q - (llama_pos) n_window + 1);
-    std::vector<llama_pos> needed; // sorted: [0, n_s) then [w0, q)
-    for (llama_pos p = 0;  p < n_s; ++p) { needed.push_back(p); }
-    for (llama_pos p = w0; p < q;   ++p) { needed.push_back(p); }
-    return rlkv_next_query_ok(needed, rlkv_seq_positions(*kv_local, seq_id), n_sink, n_window);
+    // the local heads see the sinks [0, S) and the window [q - W + 1, q) (rlkv_local_sees): all must be in the ring
+    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
+    const auto resident = [&](llama_pos p) { return std::binary_search(R.begin(), R.end(), p); };
+    for (llama_pos p = 0; p < std::min<llama_pos>((llama_pos) n_sink, q); ++p) {
+        if (!resident(p)) {
+            return false;
+        }
+    }
+    for (llama_pos p = std::max<llama_pos>(0, q - (llama_pos) n_window + 1); p < q; ++p) {
+        if (!resident(p)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 llama_memory_context_ptr llama_kv_cache_rlkv::init_batch(llama_batch_allocr & balloc, uint32_t n_ubatch, bool embd_all) {
@@ -446,9 +467,13 @@ llama_memory_context_ptr llama_kv_cache_rlkv::init_update(llama_context * lctx, 
 }
 
 bool llama_kv_cache_rlkv::get_can_shift() const {
+    // as llama_kv_cache_iswa: shifting is offered only when the ring never evicts (it spans the context).
+    // Callers that ask first (llama-server's context shift and --cache-reuse) then re-process instead; they
+    // treat a refused seq_rm as fatal, and a shift with an evicting ring is exact only in special cases
+    // (seq_add / seq_div still check each call)
     bool res = true;
     if (kv_full)  { res = res && kv_full ->get_can_shift(); }
-    if (kv_local) { res = res && kv_local->get_can_shift(); }
+    if (kv_local) { res = res && kv_local->get_can_shift() && kv_local->get_size() >= kv_size; }
     return res;
 }
 

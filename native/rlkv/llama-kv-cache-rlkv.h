@@ -9,6 +9,7 @@
 #include "llama-hparams.h"
 #include "rlkv-meta.h"
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -63,8 +64,25 @@ public:
     size_t bytes_local() const;
 
 private:
+    // the positions seq_id logically holds (the full cache's; without one, 0 .. the newest of R, the ring's)
+    std::vector<llama_pos> logical_positions(llama_seq_id seq_id, const std::vector<llama_pos> & R) const;
+
+    // true when, after removing [r0, r1) of seq_id and moving every other position p to move(p) (negative:
+    // dropped), the next query's local heads find every key they need (sinks and window) resident in the ring
+    bool local_after_ok(
+            llama_seq_id seq_id, llama_pos r0, llama_pos r1, const std::function<int64_t(llama_pos)> & move) const;
+
+    // false when seq_id has no position in [p0, p1) (its positions' range does not meet it)
+    bool seq_touches(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const;
+
     // true when removing [p0, p1) of seq_id leaves every key the next query of the local heads needs resident
+    // (as it is, and after the context shift that usually follows)
     bool local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const;
+
+    // true when moving the positions in [p0, p1) of seq_id (every sequence for -1) by `move` (seq_add, seq_div)
+    // leaves every key the next query of the local heads needs resident
+    bool local_move_ok(
+            llama_seq_id seq_id, llama_pos p0, llama_pos p1, const std::function<int64_t(llama_pos)> & move) const;
 
     // true when a copy of [p0, p1) of seq_id_src would hold every key its next query's local heads need
     bool local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const;
@@ -79,6 +97,7 @@ private:
     void state_read_layout (llama_io_read_i  & io) const;
 
     const bool unified;
+    const uint32_t kv_size;  // cells of the full cache (the context)
     const uint32_t n_sink;
     const uint32_t n_window;
     const uint32_t n_head_kv;

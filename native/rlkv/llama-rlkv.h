@@ -11,6 +11,9 @@
 //   llama_rlkv_kv_bytes()      bytes of the full and of the local (sink + window) KV cache of a context. A context
 //                              without an rlkv cache (no metadata, or s = 0) counts everything as full, local = 0.
 //   llama_rlkv_kv_cells()      cells of the full and of the local cache (0 for a cache that does not exist).
+//   llama_rlkv_fill_seq()      benchmark hook: appends positions to a sequence without computing them, so speed at a
+//                              depth of 32k can be measured without a 32k-token prefill (their K/V are whatever
+//                              the cells held, zeros in a fresh context: speed, not quality).
 //   llama_rlkv_n_full_heads()  the pure mask rule of docs/DESIGN.md §2 (same as rlkv_edge/masks.py): F_l per layer and,
 //                              optionally, the [L*H] 0/1 mask of full heads, for any scores (not only sorted ones).
 #pragma once
@@ -57,6 +60,16 @@ LLAMA_API bool llama_rlkv_kv_cells(
         const struct llama_context * ctx,
         uint32_t * full_cells,
         uint32_t * local_cells);
+
+// appends n_tokens positions (seq_pos_max + 1 onwards) to seq_id as llama_decode would, in batches of n_batch and
+// ubatches of n_ubatch, but marks the cells only: nothing is computed and the K/V values are left as they were.
+// returns 0 on success, -1 on invalid input (ctx NULL, no memory, seq_id out of range, n_tokens < 0),
+// 1 when the positions would pass the sequence's context (nothing marked) or the memory has no slot for a batch
+// (as llama_decode's 1; batches before it stay marked), -2 when a ubatch cannot be applied
+LLAMA_API int32_t llama_rlkv_fill_seq(
+        struct llama_context * ctx,
+        llama_seq_id           seq_id,
+        int32_t                n_tokens);
 
 // scores: [n_layer*n_head_kv] layer-major; n_full_per_layer: [n_layer] (may be NULL); full_mask: [n_layer*n_head_kv]
 // (may be NULL), 1 = full head. returns k_full (number of full heads), or -1 on invalid input

@@ -6,6 +6,10 @@
 #include "llama-model.h"
 #include "llama-context.h"
 #include "llama-kv-cache.h"
+#include "llama-batch.h"
+#include "llama-memory.h"
+
+#include <algorithm>
 
 int32_t llama_rlkv_info(
         const struct llama_model * model,
@@ -90,6 +94,57 @@ bool llama_rlkv_kv_cells(const struct llama_context * ctx, uint32_t * full_cells
     if (full_cells)  { *full_cells  = f; }
     if (local_cells) { *local_cells = l; }
     return true;
+}
+
+int32_t llama_rlkv_fill_seq(struct llama_context * ctx, llama_seq_id seq_id, int32_t n_tokens) {
+    if (!ctx || n_tokens < 0 || seq_id < 0 || seq_id >= (llama_seq_id) llama_n_seq_max(ctx)) {
+        return -1;
+    }
+    llama_memory_i * mem = ctx->get_memory();
+    if (!mem) {
+        return -1;
+    }
+    const llama_model & model = ctx->get_model();
+    const uint32_t n_batch  = ctx->n_batch();
+    const uint32_t n_ubatch = ctx->n_ubatch();
+
+    llama_batch_allocr balloc(model.hparams.n_pos_per_embd());
+
+    llama_pos pos = mem->seq_pos_max(seq_id) + 1;
+    if ((int64_t) pos + n_tokens > (int64_t) ctx->n_ctx_seq()) {
+        return 1; // more positions than the sequence's context: refused before anything is marked
+    }
+    for (int32_t done = 0; done < n_tokens; ) {
+        const int32_t n = std::min<int32_t>(n_tokens - done, (int32_t) n_batch);
+
+        // the batch llama_decode would get: token 0 at each position, no outputs
+        llama_batch_ext batch(ctx);
+        for (int32_t i = 0; i < n; ++i) {
+            const llama_pos p[GGML_MROPE_SECTIONS] = { pos + i, pos + i, pos + i, pos + i };
+            const int32_t idx = batch.add_token(seq_id);
+            if (idx < 0 || !batch.set_token_id(idx, 0) || !batch.set_token_pos(idx, p)) {
+                return -1;
+            }
+        }
+        if (!balloc.init(batch, model.vocab, false)) {
+            return -1;
+        }
+
+        // what llama_context::decode does with the memory, minus the graph
+        llama_memory_context_ptr mctx = mem->init_batch(balloc, n_ubatch, false);
+        if (!mctx || mctx->get_status() != LLAMA_MEMORY_STATUS_SUCCESS) {
+            return 1;
+        }
+        do {
+            if (!mctx->apply()) {
+                return -2;
+            }
+        } while (mctx->next());
+
+        done += n;
+        pos  += n;
+    }
+    return 0;
 }
 
 int32_t llama_rlkv_n_full_heads(

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rlkv_edge.bench import BenchConfig, markdown_table, parse_depths, results_json, run_bench
+from rlkv_edge.bench import FILLS, BenchConfig, markdown_table, parse_depths, results_json, run_bench
 from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
 from rlkv_edge.errors import UsageError
@@ -33,10 +33,21 @@ def bench(
     n_gpu_layers: GpuOpt = 0,
     cache_type_k: CacheKOpt = None,
     cache_type_v: CacheVOpt = None,
+    fill: Annotated[
+        str,
+        typer.Option(
+            "--fill",
+            help="How each depth is reached: 'compute' decodes random tokens (as llama-bench -d); 'mark' marks the "
+            "cells as used without computing them (speed only: attention's cost does not depend on the values, "
+            "and a 32k depth takes no 32k-token prefill).",
+        ),
+    ] = "compute",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ) -> None:
     """pp/tg speed at several depths and KV MiB, without compression and at each sparsity, in one process."""
     ds = parse_depths(depths)
+    if fill not in FILLS:
+        raise UsageError(f"--fill must be one of {', '.join(FILLS)}, got '{fill}'")
     if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
         raise UsageError("--n-prompt and --n-gen must be >= 0 and not both 0")
     n_ctx = ctx or max(ds) + max(n_prompt, n_gen)
@@ -59,10 +70,13 @@ def bench(
         n_gpu_layers=opts.n_gpu_layers,
         type_k=opts.cache_type_k,
         type_v=opts.cache_type_v,
+        fill=fill,
         log=None if as_json else progress,
     )
     if as_json:
-        print(json.dumps(results_json(results, n_ctx=n_ctx, depths=ds, n_prompt=n_prompt, n_gen=n_gen), indent=2))
+        print(
+            json.dumps(results_json(results, n_gen, n_ctx=n_ctx, depths=ds, n_prompt=n_prompt, n_gen=n_gen), indent=2)
+        )
     else:
         print(markdown_table(results, n_prompt, n_gen))
     sys.stdout.flush()

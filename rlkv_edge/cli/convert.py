@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from rlkv_edge.cli.options import CacheKOpt, CacheVOpt
+from rlkv_edge.cli.app import progress
+from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, ThreadsOpt
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.convert.inspect import plot_scores, render_report
-from rlkv_edge.errors import Interrupted
-from rlkv_edge.heads import load_heads
+from rlkv_edge.errors import Interrupted, UsageError
+from rlkv_edge.evaluate import read_text_file, text_tokens
+from rlkv_edge.frontier import calibrate as calibrate_model
+from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.memory import DEFAULT_UBATCH, kv_memory
 from rlkv_edge.metadata import read_rlkv_info
+from rlkv_edge.models import read_model
 
 
 def convert(
@@ -31,26 +36,62 @@ def convert(
     sink: Annotated[int | None, typer.Option("--sink", help="Sink tokens S (default: the heads file's).")] = None,
     window: Annotated[int | None, typer.Option("--window", help="Window tokens W (default: the heads file's).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-convert a file that already has rlkv.* keys.")] = False,
+    calibrate: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibrate",
+            help="A UTF-8 text: measure KL and top-1 on it for every KV cache type x sparsity x sink/window of the "
+            "calibration grid and store them in the GGUF (rlkv.calibration); --kv-budget then picks the best point "
+            "that fits. Minutes on a CPU.",
+        ),
+    ] = None,
+    calibrate_tokens: Annotated[
+        int, typer.Option("--calibrate-tokens", help="Tokens of the --calibrate text to use.")
+    ] = 1024,
+    threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Re-order a GGUF's KV heads by score and add rlkv.* metadata (stock llama.cpp still runs it)."""
     if sparsity is not None:
         check_sparsity(sparsity, "--sparsity")
+    if calibrate is not None:
+        if calibrate_tokens < 16:
+            raise UsageError(f"--calibrate-tokens must be at least 16, got {calibrate_tokens}")
+        read_text_file(calibrate)  # a bad text fails before anything is written
+    heads = load_heads(mask)
+    show = not quiet and sys.stderr.isatty()
+    kwargs: dict[str, Any] = dict(sparsity=sparsity, sink=sink, window=window, force=force)
     try:
-        report = convert_gguf(
-            model,
-            load_heads(mask),
-            output,
-            sparsity=sparsity,
-            sink=sink,
-            window=window,
-            force=force,
-            progress=not quiet and sys.stderr.isatty(),
-        )
+        calibration = None
+        if calibrate is not None:
+            calibration = _calibration(model, heads, calibrate, calibrate_tokens, threads, quiet, kwargs)
+        report = convert_gguf(model, heads, output, progress=show, calibration=calibration, **kwargs)
     except KeyboardInterrupt:
         raise Interrupted("interrupted (no output written)") from None
     if not quiet:
         typer.echo(report.summary())
+
+
+def _calibration(
+    model: Path, heads: HeadScores, text: Path, n_tokens: int, threads: int | None, quiet: bool, kwargs: dict[str, Any]
+) -> str:
+    """Convert into a temporary file, measure the calibration grid on it, return the rlkv.calibration string."""
+    with tempfile.TemporaryDirectory(prefix="rlkv-calibrate-") as tmp:
+        probe = convert_gguf(model, heads, Path(tmp) / "calibrate.rlkv.gguf", progress=False, **kwargs)
+        converted = read_model(probe.dst)
+        tokens = text_tokens(converted, text, n_tokens)
+        if not quiet:
+            progress(f"calibrating on {len(tokens)} tokens of {text.name}")
+        cal = calibrate_model(
+            probe.dst,
+            tokens,
+            sink=probe.sink_size,
+            window=probe.window_size,
+            text_name=text.name,
+            n_threads=threads,
+            log=None if quiet else progress,
+        )
+    return cal.to_json()
 
 
 def inspect(

@@ -15,11 +15,11 @@ import typer
 from rlkv_edge.atomic import atomic_path, atomic_write_text
 from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import ModelPathArg
-from rlkv_edge.errors import DataError, UsageError
-from rlkv_edge.evaluate import read_text_file
+from rlkv_edge.errors import UsageError
+from rlkv_edge.evaluate import text_tokens
 from rlkv_edge.frontier import FrontierConfig, measure, plot, render, to_json
 from rlkv_edge.masks import check_sparsity
-from rlkv_edge.models import ModelFile, open_model, read_model
+from rlkv_edge.models import ModelFile, read_model
 from rlkv_edge.runtime import cache_type
 
 DEFAULT_TYPES = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q8_0/q4_0")
@@ -134,12 +134,7 @@ def frontier(
         raise UsageError("--plot needs matplotlib (pip install 'rlkv-edge[plot]')")
     if n_tokens < 16 or n_random < 0 or depth < 0:
         raise UsageError("--tokens must be >= 16, --random and --depth >= 0")
-    body = read_text_file(text)
-    probe = open_model(target, n_ctx=512, sparsity=0.0 if target.converted else None, n_threads=1)
-    tokens = probe.tokenize(body.encode("utf-8"), add_bos=True)[:n_tokens]
-    probe.close()
-    if len(tokens) < 16:
-        raise DataError(f"{text}: the text is too short")
+    tokens = text_tokens(target, text, n_tokens)
     n_ctx = max(len(tokens), depth + 512 if speed else 0) + 16
     log = None if as_json else progress
     with tempfile.TemporaryDirectory() as tmp:

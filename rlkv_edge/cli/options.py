@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from rlkv_edge.calibration import choose_config
 from rlkv_edge.cli.app import note
 from rlkv_edge.errors import UsageError
 from rlkv_edge.masks import check_sparsity
@@ -41,7 +42,11 @@ SparsitiesOpt = Annotated[
 ]
 BudgetOpt = Annotated[
     str | None,
-    typer.Option("--kv-budget", help="Pick the smallest sparsity whose KV cache fits this size, e.g. 64MiB."),
+    typer.Option(
+        "--kv-budget",
+        help="Fit the KV cache in this size, e.g. 64MiB: the lowest-KL point of the model's calibration (convert "
+        "--calibrate) that fits, choosing cache types, sparsity, S and W; without one, the smallest sparsity.",
+    ),
 ]
 SinkOpt = Annotated[int | None, typer.Option("--sink", help="Sink tokens S of local heads (default: the file's).")]
 WindowOpt = Annotated[
@@ -51,6 +56,18 @@ GpuOpt = Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers to o
 CacheKOpt = Annotated[str | None, typer.Option("--cache-type-k", "-ctk", help="K cache type: f16, q8_0, q4_0, ...")]
 CacheVOpt = Annotated[str | None, typer.Option("--cache-type-v", "-ctv", help="V cache type: f16, q8_0, q4_0, ...")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: up to 8).")]
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """What a model is loaded with once --kv-budget is resolved (None: the file's own value / llama.cpp's default)."""
+
+    sparsity: float | None
+    sink: int | None
+    window: int | None
+    type_k: str | None
+    type_v: str | None
+    budget_line: str | None = None  # the one line explaining a --kv-budget choice
 
 
 @dataclass(frozen=True)
@@ -90,40 +107,65 @@ class RuntimeOptions:
         cache_type(self.cache_type_k, "--cache-type-k")
         cache_type(self.cache_type_v, "--cache-type-v")
 
-    def pick_sparsity(self, model: ModelFile, n_seq: int = 1) -> tuple[float | None, str | None]:
-        """The sparsity to load with (None: the file's own) and a line explaining a --kv-budget choice (the budget
-        covers n_seq sequences sharing one unified cache of --ctx cells)."""
+    def pick(self, model: ModelFile, n_seq: int = 1) -> LoadSettings:
+        """What to load with: these options, or, with --kv-budget, the configuration chosen for it (the budget
+        covers n_seq sequences sharing one unified cache of --ctx cells). With a stored calibration (convert
+        --calibrate) the choice is the lowest-KL calibrated point that fits, else the smallest sparsity."""
+        given = LoadSettings(self.sparsity, self.sink, self.window, self.cache_type_k, self.cache_type_v)
         if self.kv_budget is None:
-            return self.sparsity, None
+            return given
         require_compression(model, "--kv-budget")
-        choice = choose_sparsity(
-            model.info,
-            parse_size(self.kv_budget),
-            self.ctx,
-            type_k=self.cache_type_k or "f16",
-            type_v=self.cache_type_v or "f16",
-            n_seq=n_seq,
+        budget = parse_size(self.kv_budget)
+        if model.calibration is not None:
+            choice = choose_config(
+                model.info,
+                model.calibration,
+                budget,
+                self.ctx,
+                type_k=self.cache_type_k,
+                type_v=self.cache_type_v,
+                sink=self.sink,
+                window=self.window,
+                n_seq=n_seq,
+            )
+        else:
+            choice = choose_sparsity(
+                model.info,
+                budget,
+                self.ctx,
+                type_k=self.cache_type_k or "f16",
+                type_v=self.cache_type_v or "f16",
+                n_seq=n_seq,
+                sink=self.sink,
+                window=self.window,
+            )
+        return LoadSettings(
+            choice.sparsity,
+            choice.sink if choice.sink is not None else self.sink,
+            choice.window if choice.window is not None else self.window,
+            choice.type_k if choice.mean_kl is not None else self.cache_type_k,
+            choice.type_v if choice.mean_kl is not None else self.cache_type_v,
+            choice.describe(),
         )
-        return choice.sparsity, choice.describe()
 
     def open(self, model: ModelFile, *, quiet: bool = False, **llama_kwargs: Any) -> Any:
         """Load `model` with these options (notes about the model and a budget choice go to stderr)."""
         if model.note and not quiet:
             note(model.note)
-        sparsity, budget_line = self.pick_sparsity(model)
-        if budget_line and not quiet:
-            note(budget_line)
+        use = self.pick(model)
+        if use.budget_line and not quiet:
+            note(use.budget_line)
         if self.threads is not None:
             llama_kwargs["n_threads"] = self.threads
         return open_model(
             model,
             n_ctx=self.ctx,
-            sparsity=sparsity,
-            sink=self.sink,
-            window=self.window,
+            sparsity=use.sparsity,
+            sink=use.sink,
+            window=use.window,
             n_gpu_layers=self.n_gpu_layers,
-            type_k=self.cache_type_k,
-            type_v=self.cache_type_v,
+            type_k=use.type_k,
+            type_v=use.type_v,
             **llama_kwargs,
         )
 

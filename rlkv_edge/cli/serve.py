@@ -92,18 +92,18 @@ def _exec_llama_server(
         raise UsageError("--parallel above 1 needs llama-server, which is not built (make install-tools)")
     if model.note:
         note(model.note)
-    s, budget_line = opts.pick_sparsity(model, n_seq=parallel)
-    if budget_line:
-        note(budget_line)
+    use = opts.pick(model, n_seq=parallel)
+    if use.budget_line:
+        note(use.budget_line)
     args = [str(path), "-m", str(model.path), "--host", host, "--port", str(port), "-c", str(opts.ctx)]
     args += ["-np", str(parallel), "-kvu", "--no-webui"]
     if opts.n_gpu_layers:
         args += ["-ngl", str(opts.n_gpu_layers)]
-    overrides = rlkv_overrides(s, opts.sink, opts.window)  # as llama.cpp's --override-kv KEY=TYPE:VALUE
+    overrides = rlkv_overrides(use.sparsity, use.sink, use.window)  # as llama.cpp's --override-kv KEY=TYPE:VALUE
     if overrides:
         kv = [f"{k}={'float' if isinstance(v, float) else 'int'}:{v}" for k, v in overrides.items()]
         args += ["--override-kv", ",".join(kv)]
-    for flag, value in (("-t", opts.threads), ("-ctk", opts.cache_type_k), ("-ctv", opts.cache_type_v)):
+    for flag, value in (("-t", opts.threads), ("-ctk", use.type_k), ("-ctv", use.type_v)):
         if value is not None:
             args += [flag, str(value)]
     if alias:

@@ -38,14 +38,29 @@ def test_bench_json_tiny(tiny: Path) -> None:
     assert none["pp_ratio"]["0"] == 1.0
 
 
+def test_bench_fill_mark_and_traffic_model(tiny: Path) -> None:
+    """--fill mark reaches a depth without a prefill; every tg cell carries the traffic model's prediction."""
+    args = ["-s", "0.5", "--depths", "0,600", "-p", "16", "-n", "4", "-t", "2", "--ctx", "1024", "--fill", "mark"]
+    r = run_cli("bench", str(tiny), *args, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    _check_cells(out, ["none", "s=0.5"], [0, 600])
+    none, half = out["results"]
+    assert none["tg_ratio_predicted"] == {"0": 1.0, "600": 1.0}
+    # at depth 600 the local heads read S + W cells instead of ~600: predicted faster; at depth 0 no gain
+    assert half["tg_ratio_predicted"]["600"] > 1.0 >= half["tg_ratio_predicted"]["0"] * 0.99
+    assert half["decode_bytes_per_token"]["600"] < none["decode_bytes_per_token"]["600"]
+    assert half["decode"]["n_full"] == 2 and half["decode"]["ring_cells"] > 0
+
+
 def test_bench_table_with_baseline_file(tiny: Path, tmp_path: Path) -> None:
     base = write_tiny_gguf(tmp_path / "tiny.gguf").path
     r = run_cli("bench", str(tiny), "--baseline", str(base), "--depths", "0", "-p", "16", "-n", "4", "-t", "2")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("| model | sparsity | full heads | KV MiB | test | t/s | × base |")
-    assert any(ln.startswith("| baseline | none | 4/4 |") and "pp16" in ln for ln in lines)
-    assert any(ln.startswith("| s=0.5 | 0.5 | 2/4 |") and "tg4" in ln for ln in lines)
+    assert lines[0].startswith("| model | sparsity | K/V | full heads | KV MiB | test | t/s | × base | × predicted |")
+    assert any(ln.startswith("| baseline | none | f16/f16 | 4/4 |") and "pp16" in ln for ln in lines)
+    assert any(ln.startswith("| s=0.5 | 0.5 | f16/f16 | 2/4 |") and "tg4" in ln for ln in lines)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +69,7 @@ def test_bench_table_with_baseline_file(tiny: Path, tmp_path: Path) -> None:
         (["--depths", "0,x"], "--depths must be"),
         (["--depths", "4000", "--ctx", "1024"], "does not fit --ctx"),
         (["-s", "2"], "--sparsity must be in [0, 1]"),
+        (["--fill", "guess"], "--fill must be one of compute, mark"),
     ],
 )
 def test_bench_bad_input(tiny: Path, args: list[str], message: str) -> None:

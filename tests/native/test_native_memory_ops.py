@@ -246,3 +246,142 @@ def test_seq_pos_min_marks_how_far_back_a_sequence_can_go(tiny_paths):
     assert SINK < pos_min < N_TOK
     assert not llama_cpp.llama_memory_seq_rm(mem, 0, pos_min, -1)
     assert llama_cpp.llama_memory_seq_rm(mem, 0, pos_min + 1, -1)
+
+
+@pytest.mark.parametrize("model", ["plain", "s0", "s50"])
+def test_fill_seq_marks_what_decode_would(tiny_paths, model):
+    """llama_rlkv_fill_seq (the benchmark hook) leaves the caches holding the positions decode would: same
+    seq_pos_min / max and cells, so a token decoded after it sees a context of the same length."""
+    from rlkv_edge import runtime
+
+    computed = load(tiny_paths[model], n_batch=32, n_ubatch=32)
+    eval_tokens(computed, random_tokens(N_TOK, seed=5))
+    marked = load(tiny_paths[model], n_batch=32, n_ubatch=32)
+    runtime.fill_seq(marked, N_TOK - 100)
+    runtime.fill_seq(marked, 100)  # continues after the last position
+    for llm in (computed, marked):
+        llm.mem = llama_cpp.llama_get_memory(llm._ctx.ctx)
+    for fn in (llama_cpp.llama_memory_seq_pos_min, llama_cpp.llama_memory_seq_pos_max):
+        assert fn(marked.mem, 0) == fn(computed.mem, 0)
+    assert llama_cpp.llama_memory_seq_pos_max(marked.mem, 0) == N_TOK - 1
+
+    # the next token decodes (the local heads' sinks and window are all resident)
+    marked.n_tokens = N_TOK
+    marked.eval([5])
+
+    # past n_ctx: refused before anything is marked
+    with pytest.raises(Exception, match="pass the context"):
+        runtime.fill_seq(marked, 512)
+    assert llama_cpp.llama_memory_seq_pos_max(marked.mem, 0) == N_TOK
+    with pytest.raises(Exception, match="invalid input"):
+        runtime.fill_seq(marked, 1, seq_id=7)
+
+
+def _span(mem, seq_id=0):
+    return llama_cpp.llama_memory_seq_pos_min(mem, seq_id), llama_cpp.llama_memory_seq_pos_max(mem, seq_id)
+
+
+def test_seq_add_exact_or_refused(tiny_paths, weights):
+    """seq_add that would bring evicted keys into the sinks is not made (the sequence stays as it was); one that
+    keeps every key the next query's local heads need resident is made, and the next tokens match the reference
+    with the moved positions."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
+    toks = random_tokens(320, seed=17)
+    llm = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    eval_tokens(llm, toks[:300])  # the 256-cell ring has evicted positions after the sinks
+    mem = llama_cpp.llama_get_memory(llm._ctx.ctx)
+    before = _span(mem)
+
+    # dropping the first 20 positions would make 20..23 the new sinks: long evicted, so refused
+    with _captured_log() as log:
+        llama_cpp.llama_memory_seq_add(mem, 0, 0, -1, -20)
+    assert _span(mem) == before
+    assert "not shifting" in "".join(t for _, t in log)
+
+    # dropping the first 100: the new sinks 100..103 and the window are resident (the ring holds the last ~250
+    # positions), so it is made: positions < 100 leave both caches, the rest move down by 100
+    llama_cpp.llama_memory_seq_add(mem, 0, 0, -1, -100)
+    assert _span(mem)[1] == 199
+    ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW)
+    ref.forward(toks[:300], np.arange(300))
+    keep = ref.P >= 100
+    ref.K = [k[keep] for k in ref.K]
+    ref.V = [v[keep] for v in ref.V]
+    ref.P = ref.P[keep] - 100
+    llm.n_tokens = 200
+    got = eval_tokens(llm, toks[300:310])
+    assert rel_err(got, ref.forward(toks[300:310], np.arange(200, 210))) <= 1e-3
+
+
+def test_seq_div_exact_or_refused(tiny_paths, weights):
+    """seq_div (self-extend) before the ring evicts anything does what upstream's own cache does; after the ring
+    has evicted keys, halving the positions would make evicted keys sinks: not made.
+
+    Upstream's seq_div at this llama.cpp commit rotates each key to 2·old - new, not to its new position
+    (llama_kv_cells::pos_div adds old - new to the pending K-shift; pos_add adds new - old). The plain model (no
+    rlkv) shows it against the reference; the reference mirrors it so the rlkv cache is checked against
+    upstream's behaviour, bug included."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
+    toks = random_tokens(320, seed=19)
+
+    for model, full in (("plain", None), ("s50", n_full)):
+        llm = load(tiny_paths[model], n_batch=32, n_ubatch=32)
+        eval_tokens(llm, toks[:100])
+        mem = llama_cpp.llama_get_memory(llm._ctx.ctx)
+        llama_cpp.llama_memory_seq_div(mem, 0, 0, -1, 2)
+        assert _span(mem) == (0, 49)
+        local = full is not None
+        ref = RefModel(weights, n_full=full, sink=SINK if local else 0, window=WINDOW if local else 0)
+        ref.forward(toks[:100], np.arange(100))
+        old, ref.P = ref.P, ref.P // 2
+        ref.rot_offset = 2 * (old - ref.P)  # rotated at 2·old - new = new + 2·(old - new): upstream's K-shift
+        llm.n_tokens = 50
+        got = eval_tokens(llm, toks[100:105])
+        assert rel_err(got, ref.forward(toks[100:105], np.arange(50, 55))) <= 1e-3, model
+
+    wrapped = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    eval_tokens(wrapped, toks[:300])
+    mem = llama_cpp.llama_get_memory(wrapped._ctx.ctx)
+    before = _span(mem)
+    llama_cpp.llama_memory_seq_div(mem, 0, 0, -1, 2)  # new sinks 0..3 would be old 0..7; 4..7 are evicted
+    assert _span(mem) == before
+
+
+def test_seq_keep_exact(tiny_paths, weights):
+    """A fork (whole seq_cp) kept alone with seq_keep continues exactly."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
+    toks = random_tokens(301, seed=23)
+    params = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(tiny_paths["s50"]).encode(), params)
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = 512, 64, 64, 2, True
+    ctx = llama_cpp.llama_init_from_model(model, cp)
+    try:
+        mem = llama_cpp.llama_get_memory(ctx)
+        for start in range(0, 300, 50):
+            assert _decode(ctx, toks[start : start + 50], range(start, start + 50), 0)[0] == 0
+        llama_cpp.llama_memory_seq_cp(mem, 0, 1, -1, -1)
+        llama_cpp.llama_memory_seq_keep(mem, 1)
+        assert _span(mem, 0) == (-1, -1) and _span(mem, 1)[1] == 299
+        rc, got = _decode(ctx, toks[300:301], [300], 1)
+        ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks[:301], np.arange(301))[-1]
+        assert rc == 0 and rel_err(got, ref) <= 1e-3
+    finally:
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+
+
+@pytest.mark.parametrize(
+    ("model", "n_ctx", "can"), [("plain", 512, True), ("s0", 512, True), ("s50", 512, False), ("s50", 256, True)]
+)
+def test_can_shift_as_iswa(tiny_paths, model, n_ctx, can):
+    """Shifting is offered (llama_memory_can_shift) only when no ring evicts: llama-server then turns its context
+    shift and --cache-reuse off instead of aborting on a refused seq_rm."""
+    llm = load(tiny_paths[model], n_ctx=n_ctx, n_batch=32, n_ubatch=32)
+    assert llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(llm._ctx.ctx)) is can

@@ -1,0 +1,118 @@
+"""A model's own quality measurements per KV configuration, stored in its GGUF, and `--kv-budget`'s choice.
+
+`rlkv-edge convert --calibrate TEXT` measures mean KL(f16 full ‖ config) and top-1 on TEXT for every point of
+a grid (KV cache type × sparsity × sink/window) and stores them as JSON in the `rlkv.calibration` key
+(docs/DESIGN.md §3; stock llama.cpp and older rlkv-edge ignore it). With a calibration, `--kv-budget SIZE`
+picks the point with the lowest measured KL whose KV cache (docs/DESIGN.md §7, at --ctx) fits SIZE; without
+one, it keeps the cache type and S/W it was given and picks the smallest sparsity that fits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rlkv_edge.errors import BudgetError, MetadataError
+from rlkv_edge.memory import BudgetChoice, format_mib, kv_memory
+
+KEY = "rlkv.calibration"
+CALIBRATION_VERSION = 1
+
+# The grid `convert --calibrate` measures: every cache type at s = 0, then each sparsity × (S, W) × type.
+GRID_TYPES = ("f16", "q8_0", "q4_0")
+GRID_SPARSITIES = (0.25, 0.5, 0.75, 1.0)
+GRID_SINK_WINDOWS = ((64, 256), (64, 1024))
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """One measured configuration."""
+
+    type_k: str
+    type_v: str
+    sparsity: float
+    sink: int
+    window: int
+    mean_kl: float
+    top1: float
+
+
+@dataclass
+class Calibration:
+    """Points measured on `n_tokens` tokens of a text (`text`: its file name)."""
+
+    n_tokens: int
+    text: str
+    points: list[CalibrationPoint] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """The rlkv.calibration string."""
+        body = {"version": CALIBRATION_VERSION, "n_tokens": self.n_tokens, "text": self.text}
+        return json.dumps({**body, "points": [asdict(p) for p in self.points]}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, where: str = KEY) -> Calibration:
+        """Parse an rlkv.calibration string; MetadataError naming what is wrong."""
+        try:
+            obj = json.loads(text)
+            if obj.get("version") != CALIBRATION_VERSION:
+                raise ValueError(f"unsupported version {obj.get('version')!r} (expected {CALIBRATION_VERSION})")
+            points = [CalibrationPoint(**p) for p in obj["points"]]
+            return cls(n_tokens=int(obj["n_tokens"]), text=str(obj.get("text", "")), points=points)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MetadataError(f"{where}: invalid calibration ({exc})") from None
+
+
+def grid(sink: int, window: int) -> list[tuple[str, float, int, int]]:
+    """(cache type, sparsity, S, W) of every point `convert --calibrate` measures (the file's own S/W included)."""
+    sws = list(dict.fromkeys([(sink, window), *GRID_SINK_WINDOWS]))
+    points = [(t, 0.0, sink, window) for t in GRID_TYPES]
+    points += [(t, s, sk, w) for s in GRID_SPARSITIES for sk, w in sws for t in GRID_TYPES]
+    return points
+
+
+def choose_config(
+    info: dict[str, Any],
+    calibration: Calibration,
+    budget: int,
+    n_ctx: int,
+    *,
+    type_k: str | None = None,
+    type_v: str | None = None,
+    sink: int | None = None,
+    window: int | None = None,
+    n_seq: int = 1,
+) -> BudgetChoice:
+    """The calibrated point with the lowest KL whose KV cache fits `budget` at n_ctx (ties: less memory);
+    type_k/type_v/sink/window, when given, restrict the points to those values. BudgetError if none fits."""
+    fits = []
+    for p in calibration.points:
+        wanted = (type_k, p.type_k), (type_v, p.type_v), (sink, p.sink), (window, p.window)
+        if any(want is not None and want != got for want, got in wanted):
+            continue
+        mem = kv_memory(info, p.sparsity, n_ctx, p.type_k, p.type_v, n_seq=n_seq, sink=p.sink, window=p.window)
+        if mem["kv_bytes_compressed"] <= budget:
+            fits.append((p.mean_kl, mem["kv_bytes_compressed"], p, mem))
+    if not fits:
+        raise BudgetError(
+            f"no calibrated configuration fits {format_mib(budget)} at --ctx {n_ctx} "
+            "(lower --ctx, raise the budget, or drop --cache-type-k/-v, --sink, --window to widen the choice)"
+        )
+    _, n_bytes, p, mem = min(fits, key=lambda f: (f[0], f[1]))
+    return BudgetChoice(
+        sparsity=p.sparsity,
+        kv_bytes=n_bytes,
+        budget=budget,
+        uncompressed_bytes=kv_memory(info, 0.0, n_ctx, n_seq=n_seq)["kv_bytes_uncompressed"],
+        n_full=mem["n_full"],
+        n_total=info["n_layer"] * info["n_head_kv"],
+        memory=mem,
+        type_k=p.type_k,
+        type_v=p.type_v,
+        sink=p.sink,
+        window=p.window,
+        mean_kl=p.mean_kl,
+        basis=f"lowest KL measured on {calibration.n_tokens} tokens ({len(fits)} of {len(calibration.points)} "
+        "calibrated points fit)",
+    )
