@@ -153,6 +153,77 @@ def test_cache_reuse_and_context_shift(smol_s16_w64: Path, tmp_path: Path, spars
     assert "failed to remove" not in text and "GGML_ASSERT" not in text
 
 
+def _raw(base: str, prompt: str, cache: bool, n: int = 24, n_probs: int = 0) -> dict:
+    """POST /completion (llama-server's own endpoint): the greedy answer to a raw prompt, with or without the
+    slot's cached prompt."""
+    body = {"prompt": prompt, "n_predict": n, "temperature": 0, "cache_prompt": cache, "n_probs": n_probs}
+    req = urllib.request.Request(
+        base.removesuffix("/v1") + "/completion",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return dict(json.loads(r.read()))
+
+
+def _next_token_probs(base: str, prompt: str, cache: bool) -> dict[int, float]:
+    """The next token's 10 most likely ids and their probabilities."""
+    import math
+
+    first = _raw(base, prompt, cache, n=1, n_probs=10)["completion_probabilities"][0]
+    return {int(t["id"]): math.exp(float(t["logprob"])) for t in first["top_logprobs"]}
+
+
+def _prob_gap(a: dict[int, float], b: dict[int, float]) -> float:
+    """Largest probability difference over both top lists (a token missing from a list counts as 0)."""
+    return max(abs(a.get(t, 0.0) - b.get(t, 0.0)) for t in a.keys() | b.keys())
+
+
+def _turn(role: str, text: str) -> str:
+    return f"<|im_start|>{role}\n{text}<|im_end|>\n"
+
+
+@pytest.mark.parametrize("sparsity", ["0.0", "0.5"])
+def test_multi_turn_with_cached_prompts_and_dropped_thinking(smol_s16_w64: Path, tmp_path: Path, sparsity: str) -> None:
+    """One slot, S16/W64, 64-token ubatches (a 256-cell ring, so it evicts within the conversation).
+    (1) Six turns, each prompt extending the last one plus its answer: with the slot's cached prompt the next
+    token's distribution is that of a fresh request. (2) As a reasoning model's chat template does, the next
+    prompt drops the earlier answer's <think> part, so it leaves the cached tokens far back, where the ring has
+    evicted keys: the server must re-process, and the distribution is again that of a fresh request.
+
+    Greedy texts are not compared: on a CPU, processing a prompt in other batches changes the logits by a few
+    1e-2 even at s = 0 (upstream's own cache), enough to flip a token in a 24-token answer (measured: turn 5 at
+    s = 0, turn 3 at s = 0.5). A hole in a window moves probabilities by tenths."""
+    extra = ["-c", "4096", "-np", "1", "-b", "64", "-ub", "64", "--override-kv", f"rlkv.sparsity=float:{sparsity}"]
+    gaps = []
+    with _llama_server(smol_s16_w64, tmp_path / "server.log", *extra) as url:
+        history = _turn("system", "You are a helpful assistant.")
+        for question in [
+            "My name is Ada and my favourite number is 17.",
+            "Name three colours.",
+            "What is 2 + 3?",
+            "Write one short sentence about the sea.",
+            "Name a fruit.",
+            "What is my name?",
+        ]:
+            prompt = history + _turn("user", question) + "<|im_start|>assistant\n"
+            answer = _raw(url, prompt, cache=True)["content"]
+            history = prompt + answer + "<|im_end|>\n"
+            probe = history + _turn("user", "And?") + "<|im_start|>assistant\n"
+            gaps.append(_prob_gap(_next_token_probs(url, probe, True), _next_token_probs(url, probe, False)))
+
+        # an answer with a long <think> part (written into the prompt, as if generated), then the next turn's
+        # prompt without it, as DeepSeek-R1's template renders earlier answers
+        thinking = "<think>" + " ".join(f"Step {k}: the number is still 17." for k in range(60)) + "</think>"
+        start = history + _turn("user", "What is my favourite number?") + "<|im_start|>assistant\n"
+        answer = _raw(url, start + thinking, cache=True)["content"]
+        dropped = start + answer + "<|im_end|>\n" + _turn("user", "Repeat it.") + "<|im_start|>assistant\n"
+        gaps.append(_prob_gap(_next_token_probs(url, dropped, True), _next_token_probs(url, dropped, False)))
+    assert max(gaps) <= 0.05, gaps
+    text = (tmp_path / "server.log").read_text()
+    assert "failed to remove" not in text
+
+
 def _slot_action(base: str, action: str, filename: str) -> tuple[int, str]:
     """POST /slots/0?action=ACTION {"filename": ...}: (HTTP status, body)."""
     req = urllib.request.Request(
