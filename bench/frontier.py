@@ -2,7 +2,7 @@
 settings docs/RESULTS.md reports, on a real English text no one here wrote (the GPL-3 licence text that
 Debian ships), writing bench/results/frontier.json and docs/frontier.png.
 
-    python bench/frontier.py [--text FILE] [--tokens 4096] [--depth 2048] [--threads 2] [--quick]
+    python bench/frontier.py [--text FILE] [--tokens 4096] [--depth 2048] [--threads 2] [--quick] [--recall N]
     python bench/frontier.py --render bench/results/frontier.json   # table and plot again, no measuring
 
 Run it without OMP_WAIT_POLICY=PASSIVE (the test suite's setting): sleeping threads add a wake-up to every
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="512 tokens, no speed test, one random mask")
+    ap.add_argument("--recall", type=int, default=0, help="also N held-out key-recall problems per point")
+    ap.add_argument("--no-speed", action="store_true", help="skip the pp512 / tg128 test")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "frontier.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "frontier.png")
     ap.add_argument("--render", type=Path, help="re-print the table and re-draw the plot of a results JSON")
@@ -39,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     model = default_model().path
     cmd = [str(Path(sys.executable).parent / "rlkv-edge"), "frontier", str(model), "--text", str(args.text)]
     cmd += ["--threads", str(args.threads), "--out", str(args.out), "--plot", str(args.plot)]
+    if args.recall:  # held-out key recall (rlkv_edge.tasks, the seed the cross table uses), scored as trained
+        from rlkv_edge import tasks as T
+
+        recall = args.out.with_name(args.out.stem + ".recall.jsonl")
+        T.write_jsonl(T.problems_for(args.recall, T.EVAL_SEED, 64, 256), recall)  # code > S64 + W256 back
+        cmd += ["--tasks", str(recall), "--system", "", "--reward", "rlkv_edge.tasks:recall_reward"]
+        cmd += ["--max-tokens", "16"]
+    if args.no_speed:
+        cmd += ["--no-speed"]
     if args.quick:
         cmd += ["--tokens", "512", "--no-speed", "--random", "1"]
     else:  # within ~35 min on 2 cores: quantized caches prefill slowly on a CPU, so fewer of them

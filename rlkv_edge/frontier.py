@@ -21,7 +21,7 @@ import numpy as np
 
 from rlkv_edge.bench import bench_loaded
 from rlkv_edge.calibration import Calibration, CalibrationPoint, grid
-from rlkv_edge.evaluate import compare_logprobs, text_logprobs
+from rlkv_edge.evaluate import Task, compare_logprobs, run_tasks, text_logprobs
 from rlkv_edge.memory import MIB
 from rlkv_edge.models import open_model
 
@@ -54,6 +54,7 @@ class FrontierPoint:
     tg: float | None = None
     pp_ratio: float | None = None  # against the first configuration (f16 full cache)
     tg_ratio: float | None = None
+    accuracy: float | None = None  # share of the tasks answered correctly (greedy), when tasks were given
     on_front: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,9 +71,12 @@ def measure(
     n_ctx: int,
     depth: int | None = 2048,
     n_threads: int | None = None,
+    tasks: Sequence[Task] = (),
+    task_options: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[FrontierPoint]:
-    """Measure every configuration in this process; the first one is the reference (f16 full cache)."""
+    """Measure every configuration in this process; the first one is the reference (f16 full cache). With
+    tasks, also the share answered correctly (`run_tasks` with task_options: max_tokens, system, reward)."""
     base_lp: np.ndarray | None = None
     points: list[FrontierPoint] = []
     threads = n_threads or min(os.cpu_count() or 1, 8)
@@ -106,17 +110,22 @@ def measure(
         finally:
             llm.close()
         point = FrontierPoint(cfg, full + local, kl, top1)
-        if depth is not None:  # a second load: logits for every token (for KL) slow llama-cpp-python's decode
+        if depth is not None or tasks:  # a second load: logits for every token (for KL) slow generation down
             llm = load(logits_all=False)
             try:
-                pp, tg = bench_loaded(llm, [depth], n_pp=512, n_tg=128, reps=1)
-                point.pp, point.tg = pp[depth][0], tg[depth][0]
+                if tasks:
+                    opts = {"max_tokens": 64, **(task_options or {})}
+                    point.accuracy = run_tasks(llm, tasks, label=cfg.label, sparsity=cfg.sparsity, **opts).accuracy
+                if depth is not None:
+                    pp, tg = bench_loaded(llm, [depth], n_pp=512, n_tg=128, reps=1)
+                    point.pp, point.tg = pp[depth][0], tg[depth][0]
             finally:
                 llm.close()
         points.append(point)
         if log:
             speed = f", pp512 {point.pp:.1f} t/s, tg128 {point.tg:.1f} t/s" if point.tg else ""
-            log(f"{cfg.label}: KV {point.kv_mib:.2f} MiB, KL {kl:.5f}, top-1 {top1:.4f}{speed}")
+            acc = f", accuracy {point.accuracy:.1%}" if point.accuracy is not None else ""
+            log(f"{cfg.label}: KV {point.kv_mib:.2f} MiB, KL {kl:.5f}, top-1 {top1:.4f}{acc}{speed}")
     base = points[0]
     for p in points:
         p.pp_ratio = p.pp / base.pp if p.pp and base.pp else None
@@ -143,8 +152,12 @@ def render(points: Sequence[FrontierPoint], meta: dict[str, Any]) -> str:
     """A markdown table, sorted by KV bytes; `*` marks the Pareto front."""
     base = points[0]
     speed = points[0].tg is not None
+    acc = points[0].accuracy is not None
     head = "| front | config | family | K/V | s | S/W | KV MiB | × f16 | mean KL | top-1 |"
     rule = "|:---:|---|---|---|---:|---:|---:|---:|---:|---:|"
+    if acc:
+        head += f" {meta.get('tasks', 'tasks')} |"
+        rule += "---:|"
     if speed:
         head += f" pp512 @ d{meta.get('depth')} | tg128 @ d{meta.get('depth')} |"
         rule += "---:|---:|"
@@ -163,6 +176,8 @@ def render(points: Sequence[FrontierPoint], meta: dict[str, Any]) -> str:
             f"| {'*' if p.on_front else ''} | {c.label} | {c.family} | {c.type_k}/{c.type_v} | {s} | {sw} | "
             f"{p.kv_mib:.2f} | {p.kv_bytes / base.kv_bytes:.2f} | {p.mean_kl:.4f} | {p.top1:.1%} |"
         )
+        if acc:
+            row += f" {p.accuracy or 0:.1%} |"
         if speed:
             row += f" {p.pp_ratio or 0:.2f}× | {p.tg_ratio or 0:.2f}× |"
         rows.append(row)

@@ -10,7 +10,19 @@ from typing import Annotated
 import typer
 
 from rlkv_edge.cli.app import progress
-from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
+from rlkv_edge.cli.options import (
+    CacheKOpt,
+    CacheVOpt,
+    GpuOpt,
+    LimitOpt,
+    MaxTokensOpt,
+    ModelPathArg,
+    RewardOpt,
+    RuntimeOptions,
+    SparsitiesOpt,
+    SystemOpt,
+    TasksOpt,
+)
 from rlkv_edge.errors import UsageError
 from rlkv_edge.evaluate import SYSTEM_PROMPT, evaluate, render
 from rlkv_edge.models import read_model
@@ -18,31 +30,18 @@ from rlkv_edge.models import read_model
 
 def eval_cmd(
     model: ModelPathArg,
-    tasks: Annotated[
-        str | None,
-        typer.Option("--tasks", help="FILE.jsonl (prompt, answer per line) or reasoning-gym:NAME."),
-    ] = None,
+    tasks: TasksOpt = None,
     text: Annotated[Path | None, typer.Option("--text", help="A long text for KL / top-1 agreement.")] = None,
     sparsity: SparsitiesOpt = None,
     ctx: Annotated[int, typer.Option("--ctx", "-c", help="n_ctx (also the longest text prefix used).")] = 2048,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Longest answer per task.")] = 256,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")] = None,
+    max_tokens: MaxTokensOpt = 256,
+    limit: LimitOpt = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     n_gpu_layers: GpuOpt = 0,
     cache_type_k: CacheKOpt = None,
     cache_type_v: CacheVOpt = None,
-    system: Annotated[
-        str,
-        typer.Option("--system", help="System prompt for --tasks ('' sends the task prompt alone)."),
-    ] = SYSTEM_PROMPT,
-    reward: Annotated[
-        str | None,
-        typer.Option(
-            "--reward",
-            help="Score the whole answer with a training reward: exact, math or module:function "
-            "(default: the final answer line against 'answer').",
-        ),
-    ] = None,
+    system: SystemOpt = SYSTEM_PROMPT,
+    reward: RewardOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Accuracy and next-token agreement at each sparsity against the same model without compression."""

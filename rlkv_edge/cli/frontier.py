@@ -14,9 +14,9 @@ import typer
 
 from rlkv_edge.atomic import atomic_path, atomic_write_text
 from rlkv_edge.cli.app import progress
-from rlkv_edge.cli.options import ModelPathArg
+from rlkv_edge.cli.options import LimitOpt, MaxTokensOpt, ModelPathArg, RewardOpt, SystemOpt, TasksOpt
 from rlkv_edge.errors import UsageError
-from rlkv_edge.evaluate import text_tokens
+from rlkv_edge.evaluate import SYSTEM_PROMPT, load_reward, load_tasks, text_tokens
 from rlkv_edge.frontier import FrontierConfig, measure, plot, render, to_json
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.models import ModelFile, read_model
@@ -116,13 +116,18 @@ def frontier(
     uniform: Annotated[bool, typer.Option("--uniform/--no-uniform", help="A per-layer-uniform mask too.")] = True,
     depth: Annotated[int, typer.Option("--depth", "-d", help="Depth of the pp512 / tg128 speed test.")] = 2048,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure pp512 / tg128 at --depth.")] = True,
+    tasks: TasksOpt = None,
+    limit: LimitOpt = None,
+    max_tokens: MaxTokensOpt = 64,
+    system: SystemOpt = SYSTEM_PROMPT,
+    reward: RewardOpt = None,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON results here.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Save KV MiB vs KL as a PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ) -> None:
-    """KV memory, KL / top-1 on a text and decode speed for KV quantization, rlkv at several s × (S, W),
-    both composed, all-local and random masks, in one process; marks the Pareto front."""
+    """KV memory, KL / top-1 on a text, decode speed and (with --tasks) task accuracy for KV quantization, rlkv
+    at several s × (S, W), both composed, all-local and random masks, in one process; marks the Pareto front."""
     target = read_model(model)
     sparsities = [check_sparsity(s, "--sparsity") for s in (sparsity or [0.25, 0.5, 0.75])]
     sws = _sink_windows(sink_window or list(DEFAULT_SW))
@@ -135,12 +140,29 @@ def frontier(
     if n_tokens < 16 or n_random < 0 or depth < 0:
         raise UsageError("--tokens must be >= 16, --random and --depth >= 0")
     tokens = text_tokens(target, text, n_tokens)
-    n_ctx = max(len(tokens), depth + 512 if speed else 0) + 16
+    if max_tokens <= 0:
+        raise UsageError("--max-tokens must be positive")
+    task_list = load_tasks(tasks, limit) if tasks else []
+    task_options = {
+        "max_tokens": max_tokens,
+        "system": system or None,
+        "reward": load_reward(reward) if reward else None,
+    }
+    n_ctx = max(len(tokens), depth + 512 if speed else 0, 2048 if task_list else 0) + 16
     log = None if as_json else progress
     with tempfile.TemporaryDirectory() as tmp:
         masks = _mask_files(target, n_random, uniform, Path(tmp)) if target.converted else []
         configs = _configs(target, types, sparsities, sws, masks)
-        points = measure(configs, tokens, n_ctx=n_ctx, depth=depth if speed else None, n_threads=threads, log=log)
+        points = measure(
+            configs,
+            tokens,
+            n_ctx=n_ctx,
+            depth=depth if speed else None,
+            n_threads=threads,
+            tasks=task_list,
+            task_options=task_options,
+            log=log,
+        )
     meta = {
         "model": target.path.name,
         "text": str(text),
@@ -149,6 +171,7 @@ def frontier(
         "depth": depth if speed else None,
         "threads": threads or min(os.cpu_count() or 1, 8),
         "heads": target.info.get("source") if target.converted else None,
+        "tasks": f"{tasks} ({len(task_list)})" if task_list else None,
     }
     result = to_json(points, meta)
     if out is not None:

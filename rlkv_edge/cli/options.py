@@ -55,6 +55,24 @@ WindowOpt = Annotated[
 GpuOpt = Annotated[int, typer.Option("--n-gpu-layers", "-ngl", help="Layers to offload to the GPU (-1: all).")]
 CacheKOpt = Annotated[str | None, typer.Option("--cache-type-k", "-ctk", help="K cache type: f16, q8_0, q4_0, ...")]
 CacheVOpt = Annotated[str | None, typer.Option("--cache-type-v", "-ctv", help="V cache type: f16, q8_0, q4_0, ...")]
+TasksOpt = Annotated[
+    str | None,
+    typer.Option("--tasks", help="FILE.jsonl (prompt, answer per line) or reasoning-gym:NAME."),
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use at most this many tasks.")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", help="Longest answer per task.")]
+SystemOpt = Annotated[
+    str,
+    typer.Option("--system", help="System prompt for --tasks ('' sends the task prompt alone)."),
+]
+RewardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reward",
+        help="Score the whole answer with a training reward: exact, math or module:function "
+        "(default: the final answer line against 'answer').",
+    ),
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: up to 8).")]
 
 

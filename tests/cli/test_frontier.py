@@ -69,3 +69,28 @@ def test_frontier_bad_input(tiny32: Path, tmp_path: Path, bad: list[str]) -> Non
     text.write_text("a b c " * 50)
     r = CliRunner().invoke(app, ["frontier", str(tiny32), "--text", str(text), *bad])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_frontier_task_accuracy(tiny32: Path, tmp_path: Path) -> None:
+    """--tasks adds each configuration's accuracy: with answers set to what the f16 full cache answers (taken from
+    `rlkv-edge eval`), the reference scores 100% and every point has an accuracy in [0, 1]."""
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog and the cat sat on the mat " * 20)
+    tasks = tmp_path / "tasks.jsonl"
+    prompts = [f"the cat {w} on the" for w in ("sat", "is", "dog", "mat")]
+    tasks.write_text("".join(json.dumps({"prompt": p, "answer": "?"}) + "\n" for p in prompts))
+    common = ["--tasks", str(tasks), "--max-tokens", "8", "--system", "", "--threads", "1"]
+    r = CliRunner().invoke(app, ["eval", str(tiny32), "-s", "0", *common, "--json"])
+    assert r.exit_code == 0, r.output
+    ref_outputs = json.loads(r.stdout)["tasks"]["results"][0]["outputs"]
+    answers = [o["extracted"] for o in ref_outputs]
+    tasks.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
+    out = tmp_path / "f.json"
+    args = ["frontier", str(tiny32), "--text", str(text), "--tokens", "100", "--no-speed", "--random", "1"]
+    args += ["--cache-type", "q8_0", "-s", "0.5", "--sink-window", "2:8", "--no-uniform", *common, "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    points = json.loads(out.read_text())["points"]
+    assert points[0]["config"]["label"] == "f16 full" and points[0]["accuracy"] == 1.0
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in points)
+    assert "tasks.jsonl (4)" in r.stdout
