@@ -3,6 +3,7 @@ state save / load, context shift (issue 3, docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 import llama_cpp
@@ -165,6 +166,21 @@ def test_state_of_a_plain_cache_is_refused(tiny_paths):
     assert "not saved by a per-head (rlkv) KV cache" in "".join(t for _, t in log)
 
 
+@contextlib.contextmanager
+def _two_sequences(path, n_ctx):
+    """A raw llama_context (F32 cache, 64-token batches) with room for sequences 0 and 1 in one unified cache."""
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = n_ctx, 64, 64, 2, True
+    cp.type_k = cp.type_v = 0  # GGML_TYPE_F32
+    ctx = llama_cpp.llama_init_from_model(model, cp)
+    try:
+        yield ctx
+    finally:
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+
+
 def _decode(ctx, tokens, positions, seq_id):
     """llama_decode of tokens at positions in seq_id; (return code, logits of the last token)."""
     batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
@@ -191,13 +207,7 @@ def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths,
 
     n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
     toks = random_tokens(602, seed=31)
-    params = llama_cpp.llama_model_default_params()
-    model = llama_cpp.llama_model_load_from_file(str(tiny_paths["s50"]).encode(), params)
-    cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = 1024, 64, 64, 2, True
-    cp.type_k = cp.type_v = 0
-    ctx = llama_cpp.llama_init_from_model(model, cp)
-    try:
+    with _two_sequences(tiny_paths["s50"], 1024) as ctx:
         mem = llama_cpp.llama_get_memory(ctx)
         for start in range(0, 600, 50):
             assert _decode(ctx, toks[start : start + 50], range(start, start + 50), 0)[0] == 0
@@ -227,9 +237,6 @@ def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths,
         llama_cpp.llama_memory_seq_rm(mem, 1, -1, -1)
         rc, got = _decode(ctx, toks[591:592], [591], 0)
         assert rc == 0 and rel_err(got, ref_logits(592)) <= 1e-3
-    finally:
-        llama_cpp.llama_free(ctx)
-        llama_cpp.llama_model_free(model)
 
 
 def test_seq_pos_min_marks_how_far_back_a_sequence_can_go(tiny_paths):
@@ -357,12 +364,7 @@ def test_seq_keep_exact(tiny_paths, weights):
 
     n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
     toks = random_tokens(301, seed=23)
-    params = llama_cpp.llama_model_default_params()
-    model = llama_cpp.llama_model_load_from_file(str(tiny_paths["s50"]).encode(), params)
-    cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = 512, 64, 64, 2, True
-    ctx = llama_cpp.llama_init_from_model(model, cp)
-    try:
+    with _two_sequences(tiny_paths["s50"], 512) as ctx:
         mem = llama_cpp.llama_get_memory(ctx)
         for start in range(0, 300, 50):
             assert _decode(ctx, toks[start : start + 50], range(start, start + 50), 0)[0] == 0
@@ -372,9 +374,6 @@ def test_seq_keep_exact(tiny_paths, weights):
         rc, got = _decode(ctx, toks[300:301], [300], 1)
         ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks[:301], np.arange(301))[-1]
         assert rc == 0 and rel_err(got, ref) <= 1e-3
-    finally:
-        llama_cpp.llama_free(ctx)
-        llama_cpp.llama_model_free(model)
 
 
 @pytest.mark.parametrize(
