@@ -106,11 +106,23 @@ def test_parallel_slots_with_wrapped_rings(llama_server: str) -> None:
 
     Texts are not compared with requests made one at a time: on a CPU, llama.cpp's batched and single-sequence
     evaluation round differently. Measured at s = 0 (upstream's own cache), logits differ by ~4e-2 of their maximum
-    and one of these 4 prompts changes its 9th token."""
+    and one of these 4 prompts changes its 9th token. The next-token distributions are compared instead, within
+    0.1 in probability: measured, 4 at once against one at a time differ by up to 0.039 at s = 0 and 0.060 at
+    s = 0.5. This catches gross errors (wrong cells, wrong positions), not a subtle hole: halving W changes these
+    distributions by only 0.02-0.05. Holes are what the native memory-operation tests check, against the
+    float64 reference."""
     for _ in range(2):
         with ThreadPoolExecutor(4) as pool:
             texts = list(pool.map(lambda p: _complete(llama_server, p), PROMPTS))
         assert all(texts), texts
+
+    # what can be compared: each prompt's next-token distribution, 4 at once against one at a time
+    raw = [_turn("user", p) + "<|im_start|>assistant\n" for p in PROMPTS]
+    alone = [_next_token_probs(llama_server, r, False) for r in raw]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda r: _next_token_probs(llama_server, r, False), raw))
+    gaps = [_prob_gap(a, b) for a, b in zip(alone, together, strict=True)]
+    assert max(gaps) <= 0.1, gaps
 
 
 def test_slots_endpoint(llama_server: str) -> None:
@@ -193,7 +205,8 @@ def test_multi_turn_with_cached_prompts_and_dropped_thinking(smol_s16_w64: Path,
 
     Greedy texts are not compared: on a CPU, processing a prompt in other batches changes the logits by a few
     1e-2 even at s = 0 (upstream's own cache), enough to flip a token in a 24-token answer (measured: turn 5 at
-    s = 0, turn 3 at s = 0.5). A hole in a window moves probabilities by tenths."""
+    s = 0, turn 3 at s = 0.5). The next-token distributions agree within 0.05 (measured: at most 0.018 at s = 0,
+    0.023 at s = 0.5); like the parallel test, this catches gross errors, while holes are checked natively."""
     extra = ["-c", "4096", "-np", "1", "-b", "64", "-ub", "64", "--override-kv", f"rlkv.sparsity=float:{sparsity}"]
     gaps = []
     with _llama_server(smol_s16_w64, tmp_path / "server.log", *extra) as url:
