@@ -17,6 +17,10 @@ from rlkv_edge.errors import BudgetError, MetadataError
 from rlkv_edge.memory import BudgetChoice, format_mib, kv_memory
 
 KEY = "rlkv.calibration"
+SHORT_CALIBRATION = (
+    "; measured on a much shorter text than --ctx, where windows cost less than they will here "
+    "(calibrate with --calibrate-tokens near the context you run)"
+)
 CALIBRATION_VERSION = 1
 
 # The grid `convert --calibrate` measures: every cache type at s = 0, then each sparsity × (S, W) × type.
@@ -114,5 +118,5 @@ def choose_config(
         window=p.window,
         mean_kl=p.mean_kl,
         basis=f"lowest KL measured on {calibration.n_tokens} tokens ({len(fits)} of {len(calibration.points)} "
-        "calibrated points fit)",
+        "calibrated points fit)" + (SHORT_CALIBRATION if n_ctx > 2 * calibration.n_tokens else ""),
     )

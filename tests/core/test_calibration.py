@@ -78,3 +78,9 @@ def test_grid_measures_every_type_at_s0_and_the_files_sink_window() -> None:
     g = grid(4, 16)
     assert [p for p in g if p[1] == 0.0] == [("f16", 0.0, 4, 16), ("q8_0", 0.0, 4, 16), ("q4_0", 0.0, 4, 16)]
     assert ("q8_0", 0.5, 4, 16) in g and ("q8_0", 0.5, 64, 1024) in g and len(g) == len(set(g))
+
+
+def test_a_short_calibration_is_said() -> None:
+    budget = _bytes(POINTS[0])
+    assert "much shorter text" not in choose_config(INFO, CAL, budget, 2048).describe()  # 1024-token calibration
+    assert "much shorter text" in choose_config(INFO, CAL, budget, N_CTX).describe()
