@@ -17,6 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderTensor
 
+from rlkv_edge.atomic import file_mode
 from rlkv_edge.errors import ConvertError
 from rlkv_edge.heads import HeadScores
 from rlkv_edge.masks import check_sparsity, describe_tie, n_full_heads
@@ -386,7 +387,7 @@ def _write(
             writer.finish()
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, dst)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -394,10 +395,3 @@ def _write(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    """The process umask (read without changing it for long)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -157,7 +157,8 @@ static bool rlkv_local_sees(int64_t k, int64_t q, int64_t S, int64_t W) {
 
 bool llama_kv_cache_rlkv::local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const {
     // the copy keeps [p0, p1) of the source and drops the rest
-    return !kv_local || local_after_ok(seq_id_src, 0, 0, [p0, p1](llama_pos p) { return p >= p0 && p < p1 ? (int64_t) p : -1; });
+    const auto kept = [p0, p1](llama_pos p) { return p >= p0 && p < p1 ? (int64_t) p : (int64_t) -1; };
+    return !kv_local || local_after_ok(seq_id_src, 0, 0, kept);
 }
 
 std::vector<llama_pos> llama_kv_cache_rlkv::logical_positions(llama_seq_id seq_id, const std::vector<llama_pos> & R) const {
