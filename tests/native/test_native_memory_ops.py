@@ -198,6 +198,12 @@ def _decode(ctx, tokens, positions, seq_id):
         llama_cpp.llama_batch_free(batch)
 
 
+def _decode_in_chunks(ctx, tokens, chunk=50):
+    """Decode tokens into sequence 0 from position 0, `chunk` at a time."""
+    for start in range(0, len(tokens), chunk):
+        assert _decode(ctx, tokens[start : start + chunk], range(start, min(start + chunk, len(tokens))), 0)[0] == 0
+
+
 def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths, weights):
     """A copy of the first part of a sequence whose ring has wrapped, whose window the ring no longer holds, is not
     made (the destination stays empty and a decode continuing it is rejected); a copy of a part whose window is
@@ -209,8 +215,7 @@ def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths,
     toks = random_tokens(602, seed=31)
     with _two_sequences(tiny_paths["s50"], 1024) as ctx:
         mem = llama_cpp.llama_get_memory(ctx)
-        for start in range(0, 600, 50):
-            assert _decode(ctx, toks[start : start + 50], range(start, start + 50), 0)[0] == 0
+        _decode_in_chunks(ctx, toks[:600])
 
         def ref_logits(n):  # the reference's logits of token n - 1 after toks[:n]
             return RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks[:n], np.arange(n))[-1]
@@ -366,8 +371,7 @@ def test_seq_keep_exact(tiny_paths, weights):
     toks = random_tokens(301, seed=23)
     with _two_sequences(tiny_paths["s50"], 512) as ctx:
         mem = llama_cpp.llama_get_memory(ctx)
-        for start in range(0, 300, 50):
-            assert _decode(ctx, toks[start : start + 50], range(start, start + 50), 0)[0] == 0
+        _decode_in_chunks(ctx, toks[:300])
         llama_cpp.llama_memory_seq_cp(mem, 0, 1, -1, -1)
         llama_cpp.llama_memory_seq_keep(mem, 1)
         assert _span(mem, 0) == (-1, -1) and _span(mem, 1)[1] == 299
