@@ -84,7 +84,9 @@ def test_frontier_task_accuracy(tiny32: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     ref_outputs = json.loads(r.stdout)["tasks"]["results"][0]["outputs"]
     answers = [o["extracted"] for o in ref_outputs]
-    tasks.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
+    tasks.write_text(
+        "".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers, strict=True))
+    )
     out = tmp_path / "f.json"
     args = ["frontier", str(tiny32), "--text", str(text), "--tokens", "100", "--no-speed", "--random", "1"]
     args += ["--cache-type", "q8_0", "-s", "0.5", "--sink-window", "2:8", "--no-uniform", *common, "--out", str(out)]
