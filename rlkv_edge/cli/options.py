@@ -157,10 +157,12 @@ class RuntimeOptions:
                 sink=self.sink,
                 window=self.window,
             )
+        # both choices carry the S and W to load with (choose_sparsity: the given ones); the cache types come from
+        # a calibrated choice only, so that without one an unset type stays llama.cpp's default
         return LoadSettings(
             choice.sparsity,
-            choice.sink if choice.sink is not None else self.sink,
-            choice.window if choice.window is not None else self.window,
+            choice.sink,
+            choice.window,
             choice.type_k if choice.mean_kl is not None else self.cache_type_k,
             choice.type_v if choice.mean_kl is not None else self.cache_type_v,
             choice.describe(),
