@@ -104,13 +104,14 @@ def test_parallel_slots_with_wrapped_rings(llama_server: str) -> None:
     roll back into holes (it reads seq_pos_min; a refused seq_rm aborts it, as it did before seq_pos_min had
     iSWA's meaning). Every request completes and the server never fails a removal.
 
-    Texts are not compared with requests made one at a time: on a CPU, llama.cpp's batched and single-sequence
-    evaluation round differently. Measured at s = 0 (upstream's own cache), logits differ by ~4e-2 of their maximum
-    and one of these 4 prompts changes its 9th token. The next-token distributions are compared instead, within
-    0.1 in probability: measured, 4 at once against one at a time differ by up to 0.039 at s = 0 and 0.060 at
-    s = 0.5. This catches gross errors (wrong cells, wrong positions), not a subtle hole: halving W changes these
-    distributions by only 0.02-0.05. Holes are what the native memory-operation tests check, against the
-    float64 reference."""
+    With llama.cpp's default ubatches, texts are not compared with requests made one at a time (the exact comparison
+    runs with one token per ubatch: test_parallel_slots_give_exactly_the_sequential_texts): on a CPU, llama.cpp's
+    batched and single-sequence evaluation round differently. Measured at s = 0 (upstream's own cache), logits
+    differ by ~4e-2 of their maximum and one of these 4 prompts changes its 9th token. The next-token distributions
+    are compared instead, within 0.1 in probability: measured, 4 at once against one at a time differ by up to 0.039
+    at s = 0 and 0.060 at s = 0.5. This catches gross errors (wrong cells, wrong positions), not a subtle hole:
+    halving W changes these distributions by only 0.02-0.05. Holes are what the native memory-operation tests check,
+    against the float64 reference."""
     for _ in range(2):
         with ThreadPoolExecutor(4) as pool:
             texts = list(pool.map(lambda p: _complete(llama_server, p), PROMPTS))
@@ -123,6 +124,70 @@ def test_parallel_slots_with_wrapped_rings(llama_server: str) -> None:
         together = list(pool.map(lambda r: _next_token_probs(llama_server, r, False), raw))
     gaps = [_prob_gap(a, b) for a, b in zip(alone, together, strict=True)]
     assert max(gaps) <= 0.1, gaps
+
+
+# One token per ubatch: every token is computed alone, whichever slot it belongs to and whatever was cached, so
+# llama.cpp's batched and single-sequence rounding cannot differ and results must agree bit for bit.
+EXACT = ["-b", "64", "-ub", "1"]
+
+DISTINCT_PROMPTS = [
+    PROMPTS[0],
+    PROMPTS[1].replace("Which number comes first?", "Which number comes last?"),
+    PROMPTS[2].replace("Which number comes first?", "Is 13 in the list? Explain."),
+    PROMPTS[3].replace("Which number comes first?", "Write the first five numbers in reverse order."),
+]
+
+
+def _stream(base: str, prompt: str, n: int = 48) -> tuple[str, list[tuple[int, float]]]:
+    """One greedy streamed chat completion through the official client: its text and every token's (id, logprob)
+    with the top 3 alternatives."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base, api_key="none", timeout=600)
+    stream = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": prompt}],
+        temperature=0,
+        max_tokens=n,
+        seed=0,
+        stream=True,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    text, logprobs = "", []
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        text += chunk.choices[0].delta.content or ""
+        for token in (chunk.choices[0].logprobs and chunk.choices[0].logprobs.content) or []:
+            logprobs += [(int(t.id), t.logprob) for t in token.top_logprobs]  # type: ignore[attr-defined]
+    return text, logprobs
+
+
+@pytest.mark.parametrize("sparsity", [pytest.param("0.0", marks=pytest.mark.slow), "0.5"])  # s = 0: upstream's cache
+def test_parallel_slots_give_exactly_the_sequential_texts(smol_s16_w64: Path, tmp_path: Path, sparsity: str) -> None:
+    """4 concurrent streamed chat completions on 4 slots (S16/W64, prompts of ~130 tokens + 48 generated, so every
+    local ring wraps while the slots interleave) give exactly the texts, and the same log-probabilities bit for bit,
+    as the 4 prompts sent one after another to a single-slot server. With one token per ubatch nothing but the cache
+    can make them differ: a slot whose local heads read another slot's cells, or a cell evicted too early, changes
+    the log-probabilities (measured: the same server with W = 63 instead of 64 moves the log-probabilities of all 4
+    prompts, by up to 10, and changes 2 of the 4 texts). (With llama.cpp's default ubatches the texts differ even at
+    s = 0, upstream's own cache, and only the distributions can be compared:
+    test_parallel_slots_with_wrapped_rings.)"""
+    override = ("--override-kv", f"rlkv.sparsity=float:{sparsity}")
+    par_log = tmp_path / "par.log"
+    with (
+        _llama_server(smol_s16_w64, par_log, "-c", "4096", "-np", "4", *EXACT, *override) as url,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        together = list(pool.map(lambda p: _stream(url, p), DISTINCT_PROMPTS))
+    with _llama_server(smol_s16_w64, tmp_path / "seq.log", "-c", "4096", "-np", "1", *EXACT, *override) as url:
+        alone = [_stream(url, p) for p in DISTINCT_PROMPTS]
+    assert len({text for text, _ in alone}) == 4, alone  # the prompts are told apart
+    assert all(len(lp) >= 3 * 16 for _, lp in alone), [len(lp) for _, lp in alone]  # answers of 16-48 tokens
+    for (text_t, lp_t), (text_a, lp_a) in zip(together, alone, strict=True):
+        assert text_t == text_a
+        assert lp_t == lp_a
 
 
 def test_slots_endpoint(llama_server: str) -> None:
@@ -195,6 +260,20 @@ def _turn(role: str, text: str) -> str:
     return f"<|im_start|>{role}\n{text}<|im_end|>\n"
 
 
+TURNS = [
+    "My name is Ada and my favourite number is 17.",
+    "Name three colours.",
+    "What is 2 + 3?",
+    "Write one short sentence about the sea.",
+    "Name a fruit.",
+    "What is my name?",
+]
+# an answer with a long <think> part (written into the prompt, as if generated); the next turn's prompt drops it,
+# as DeepSeek-R1's template renders earlier answers
+LONG_SYSTEM = "You are a helpful assistant. Notes: " + " ".join(f"item {k} costs {3 * k + 1} coins." for k in range(25))
+THINKING = "<think>" + " ".join(f"Step {k}: the number is still 17." for k in range(60)) + "</think>"
+
+
 @pytest.mark.parametrize("sparsity", ["0.0", "0.5"])
 def test_multi_turn_with_cached_prompts_and_dropped_thinking(smol_s16_w64: Path, tmp_path: Path, sparsity: str) -> None:
     """One slot, S16/W64, 64-token ubatches (a 256-cell ring, so it evicts within the conversation).
@@ -203,38 +282,61 @@ def test_multi_turn_with_cached_prompts_and_dropped_thinking(smol_s16_w64: Path,
     prompt drops the earlier answer's <think> part, so it leaves the cached tokens far back, where the ring has
     evicted keys: the server must re-process, and the distribution is again that of a fresh request.
 
-    Greedy texts are not compared: on a CPU, processing a prompt in other batches changes the logits by a few
-    1e-2 even at s = 0 (upstream's own cache), enough to flip a token in a 24-token answer (measured: turn 5 at
-    s = 0, turn 3 at s = 0.5). The next-token distributions agree within 0.05 (measured: at most 0.018 at s = 0,
-    0.023 at s = 0.5); like the parallel test, this catches gross errors, while holes are checked natively."""
+    Greedy texts are compared exactly in test_multi_turn_cached_prompts_give_exactly_the_fresh_texts, with one token
+    per ubatch. Here, with 64-token ubatches, they are not: on a CPU, processing a prompt in other batches changes
+    the logits by a few 1e-2 even at s = 0 (upstream's own cache), enough to flip a token in a 24-token answer
+    (measured: turn 5 at s = 0, turn 3 at s = 0.5). The next-token distributions agree within 0.05 (measured: at
+    most 0.018 at s = 0, 0.023 at s = 0.5); like the parallel test, this catches gross errors, while holes are
+    checked natively."""
     extra = ["-c", "4096", "-np", "1", "-b", "64", "-ub", "64", "--override-kv", f"rlkv.sparsity=float:{sparsity}"]
     gaps = []
     with _llama_server(smol_s16_w64, tmp_path / "server.log", *extra) as url:
         history = _turn("system", "You are a helpful assistant.")
-        for question in [
-            "My name is Ada and my favourite number is 17.",
-            "Name three colours.",
-            "What is 2 + 3?",
-            "Write one short sentence about the sea.",
-            "Name a fruit.",
-            "What is my name?",
-        ]:
+        for question in TURNS:
             prompt = history + _turn("user", question) + "<|im_start|>assistant\n"
             answer = _raw(url, prompt, cache=True)["content"]
             history = prompt + answer + "<|im_end|>\n"
             probe = history + _turn("user", "And?") + "<|im_start|>assistant\n"
             gaps.append(_prob_gap(_next_token_probs(url, probe, True), _next_token_probs(url, probe, False)))
 
-        # an answer with a long <think> part (written into the prompt, as if generated), then the next turn's
-        # prompt without it, as DeepSeek-R1's template renders earlier answers
-        thinking = "<think>" + " ".join(f"Step {k}: the number is still 17." for k in range(60)) + "</think>"
         start = history + _turn("user", "What is my favourite number?") + "<|im_start|>assistant\n"
-        answer = _raw(url, start + thinking, cache=True)["content"]
+        answer = _raw(url, start + THINKING, cache=True)["content"]
         dropped = start + answer + "<|im_end|>\n" + _turn("user", "Repeat it.") + "<|im_start|>assistant\n"
         gaps.append(_prob_gap(_next_token_probs(url, dropped, True), _next_token_probs(url, dropped, False)))
     assert max(gaps) <= 0.05, gaps
     text = (tmp_path / "server.log").read_text()
     assert "failed to remove" not in text
+
+
+@pytest.mark.parametrize("sparsity", [pytest.param("0.0", marks=pytest.mark.slow), "0.5"])  # s = 0: upstream's cache
+def test_multi_turn_cached_prompts_give_exactly_the_fresh_texts(
+    smol_s16_w64: Path, tmp_path: Path, sparsity: str
+) -> None:
+    """Six turns after a long system prompt, then the dropped <think> part, one token per ubatch (a 256-cell ring):
+    every answer from the slot's cached prompt is exactly the fresh request's answer, text and top-3
+    probabilities bit for bit. The cached requests process only their new tokens (measured: 15-20 per turn) on
+    top of a ring that has already evicted most of the conversation; the <think> drop sends the server back past
+    evicted keys."""
+    extra = ["-c", "4096", "-np", "1", *EXACT, "--override-kv", f"rlkv.sparsity=float:{sparsity}"]
+    with _llama_server(smol_s16_w64, tmp_path / "server.log", *extra) as url:
+
+        def both(prompt: str) -> str:
+            cached, fresh = _raw(url, prompt, True, n_probs=3), _raw(url, prompt, False, n_probs=3)
+            assert cached["tokens_cached"] > 0  # the cached request did start from the slot's tokens
+            assert (cached["content"], cached["completion_probabilities"]) == (
+                fresh["content"],
+                fresh["completion_probabilities"],
+            )
+            return str(cached["content"])
+
+        history = _turn("system", LONG_SYSTEM)  # ~290 tokens: the 256-cell ring evicts from turn 1 on
+        for question in TURNS:
+            prompt = history + _turn("user", question) + "<|im_start|>assistant\n"
+            history = prompt + both(prompt) + "<|im_end|>\n"
+        start = history + _turn("user", "What is my favourite number?") + "<|im_start|>assistant\n"
+        answer = both(start + THINKING)
+        both(start + answer + "<|im_end|>\n" + _turn("user", "Repeat it.") + "<|im_start|>assistant\n")
+    assert "failed to remove" not in (tmp_path / "server.log").read_text()
 
 
 def _slot_action(base: str, action: str, filename: str) -> tuple[int, str]:
