@@ -7,8 +7,8 @@
    Beside it, `rlkv-edge eval --text` at s = 0.5 on the same text and context. The two measure differently:
    llama-perplexity scores the second half of each ctx-token chunk against the original file; eval scores one
    ctx-token prefix against the converted file at s = 0 (reordered heads). So llama-perplexity also runs with
-   base logits from the converted file at s = 0, eval's reference, and rlkv-edge's own KL (the code behind
-   `eval --text`) is also taken over llama-perplexity's positions: the second half of every ctx-token chunk.
+   base logits from the converted file at s = 0, eval's reference, and `rlkv-edge eval --text --chunks -1`
+   scores llama-perplexity's positions: the second half of every ctx-token chunk.
 2. `llama-bench -p 512 -n 128 -d 0,2048,6144` on the converted file (s = 0.5 as converted), and
    `rlkv-edge bench` at the same depths, in the same run.
 Prints tables and writes JSON. Timings: this machine, the given threads; shared machines are noisy.
@@ -47,34 +47,6 @@ def kld(text: str) -> dict[str, float]:
     return out
 
 
-def kl_on_perplexity_positions(model: Path, text: Path, n_ctx: int, threads: int, sparsity: float) -> dict[str, float]:
-    """rlkv-edge's own KL (rlkv_edge.evaluate) on the positions llama-perplexity scores: the text cut into n_ctx
-    chunks, BOS first in each, the second half of every chunk; reference = the same file at s = 0."""
-    import numpy as np
-
-    from rlkv_edge.evaluate import compare_logprobs, text_logprobs
-    from rlkv_edge.models import open_model, read_model
-
-    m = read_model(model)
-    kw = dict(n_ctx=n_ctx, logits_all=True, n_threads=threads, n_batch=512, n_ubatch=512)
-    llms = [open_model(m, sparsity=s, **kw) for s in (0.0, sparsity)]  # type: ignore[arg-type]
-    try:
-        tokens = llms[0].tokenize(text.read_text().encode("utf-8"), add_bos=True)
-        bos = llms[0].token_bos()
-        kls, tops, n = [], [], 0
-        for c in range(len(tokens) // n_ctx):
-            chunk = [bos, *tokens[c * n_ctx + 1 : (c + 1) * n_ctx]]
-            base, other = (text_logprobs(llm, chunk)[n_ctx // 2 : n_ctx - 1] for llm in llms)
-            kl, top1 = compare_logprobs(base, other)
-            kls.append(kl * len(base))
-            tops.append(top1 * len(base))
-            n += len(base)
-    finally:
-        for llm in llms:
-            llm.close()
-    return {"kl": float(np.sum(kls) / n), "top1": float(np.sum(tops) / n), "positions": n}
-
-
 def main() -> None:
     """Measure and print both tables."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,8 +80,10 @@ def main() -> None:
         same_ref = {"sparsity": 0.5, "base": "converted file at s = 0", **kld(out)}
     ev = json.loads(run(RLKV_EDGE, "eval", str(model), "--text", str(args.text), "-s", "0.5", "-c", str(args.ctx),
                         "-t", t, "--json"))  # fmt: skip
-    same_positions = kl_on_perplexity_positions(model, args.text, args.ctx, args.threads, 0.5)
-    result["rlkv_edge_kl_on_perplexity_positions_s05"] = same_positions
+    chunked = json.loads(run(RLKV_EDGE, "eval", str(model), "--text", str(args.text), "-s", "0.5", "-c",
+                             str(args.ctx), "--chunks", "-1", "-t", t, "--json"))  # fmt: skip
+    same_positions = chunked["text"]["results"][-1]
+    result["eval_text_chunks_s05"] = chunked
     result["perplexity_kld"] = rows
     result["perplexity_kld_base_s0"] = same_ref
     result["eval_text_s05"] = ev
@@ -119,8 +93,8 @@ def main() -> None:
         print(f"{r['sparsity']:>5} {r.get('kl', float('nan')):>9.4f} {r.get('top1', float('nan')):>10.3f}")
     print(f"# base = the converted file at s = 0 (eval's reference): s = 0.5 mean KLD {same_ref.get('kl', 0):.4f}")
     print("# rlkv-edge eval --text at s = 0.5:", json.dumps(ev)[:400])
-    print(f"# rlkv-edge's KL on llama-perplexity's positions (second half of each chunk), s = 0.5: "
-          f"{same_positions['kl']:.4f} over {same_positions['positions']} positions")  # fmt: skip
+    print(f"# rlkv-edge eval --text --chunks -1 (llama-perplexity's positions), s = 0.5: "
+          f"{same_positions['mean_kl']:.4f} over {same_positions['n_tokens']} positions")  # fmt: skip
 
     depths = "0,2048,6144"
     bench = run(RLKV_EDGE, "llama", "bench", "-m", str(model), "-p", "512", "-n", "128", "-d", depths, "-t", t,

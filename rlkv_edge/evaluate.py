@@ -57,7 +57,7 @@ class TextResult:
 
     label: str
     sparsity: float | None
-    n_tokens: int
+    n_tokens: int  # positions scored
     mean_kl: float
     top1_agreement: float
 
@@ -172,6 +172,23 @@ def compare_logprobs(base: np.ndarray, other: np.ndarray, chunk: int = 256) -> t
     return kl_sum / len(base), agree / len(base)
 
 
+def scored_chunks(tokens: Sequence[int], n_ctx: int, chunks: int | None, bos: int) -> list[tuple[list[int], slice]]:
+    """The token windows a text is evaluated in and the positions of each that are scored.
+
+    chunks None: one window, the first n_ctx tokens, every position. Otherwise llama-perplexity's way: the text
+    (BOS first) cut into n_ctx-token chunks, each chunk's first token replaced by BOS, the second half of every
+    chunk scored (positions n_ctx/2 .. n_ctx-2, whose next tokens are in the chunk); at most `chunks` of them, all
+    when chunks < 0. DataError if the text does not fill one chunk."""
+    if chunks is None:
+        return [(list(tokens[:n_ctx]), slice(0, None))]
+    n = len(tokens) // n_ctx
+    if n == 0:
+        raise DataError(f"the text has {len(tokens)} tokens: --chunks needs at least one chunk of --ctx {n_ctx}")
+    if chunks >= 0:
+        n = min(n, chunks)
+    return [([bos, *tokens[c * n_ctx + 1 : (c + 1) * n_ctx]], slice(n_ctx // 2, n_ctx - 1)) for c in range(n)]
+
+
 def load_reward(spec: str) -> RewardFn:
     """A training reward by name or `module:function` (see `rlkv-edge train --reward`); UsageError if unknown."""
     try:
@@ -220,11 +237,16 @@ def evaluate(
     type_v: str | None = None,
     system: str | None = SYSTEM_PROMPT,
     reward: str | None = None,
+    chunks: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the task and/or text evaluation for no compression and each sparsity; a JSON-ready dict."""
     if tasks is None and text is None:
         raise UsageError("give --tasks and/or --text")
+    if chunks is not None and text is None:
+        raise UsageError("--chunks needs --text")
+    if chunks == 0:
+        raise UsageError("--chunks must be positive, or -1 for every chunk")
     if not isinstance(model, ModelFile):
         model = read_model(model)
     configs = sparsity_configs(model, sparsities)
@@ -238,7 +260,7 @@ def evaluate(
     task_results: list[TaskResult] = []
     text_results: list[TextResult] = []
     base_lp: np.ndarray | None = None
-    tokens: list[int] = []
+    windows: list[tuple[list[int], slice]] = []
     for label, s in configs:
         if log:
             log(f"{label}: loading {model.path.name}")
@@ -255,17 +277,19 @@ def evaluate(
                         f"cut off {tr.cut_off:.3f}"
                     )
             if text_str is not None:
-                if not tokens:
-                    tokens = llm.tokenize(text_str.encode("utf-8"), add_bos=True)[:n_ctx]
-                    if len(tokens) < 2:
+                if not windows:
+                    all_tokens = llm.tokenize(text_str.encode("utf-8"), add_bos=True)
+                    if len(all_tokens) < 2:
                         raise DataError(f"{text}: the text is too short")
-                lp = text_logprobs(llm, tokens)
+                    windows = scored_chunks(all_tokens, n_ctx, chunks, llm.token_bos())
+                # lp: [positions, n_vocab], the scored positions of every window, in order
+                lp = np.concatenate([text_logprobs(llm, w)[scored] for w, scored in windows])
                 if base_lp is None:
                     base_lp = lp
                 kl, agree = compare_logprobs(base_lp, lp)
-                text_results.append(TextResult(label, s, len(tokens), kl, agree))
+                text_results.append(TextResult(label, s, len(lp), kl, agree))
                 if log:
-                    log(f"{label}: mean KL {kl:.5f} nats, top-1 agreement {agree:.4f} over {len(tokens)} tokens")
+                    log(f"{label}: mean KL {kl:.5f} nats, top-1 agreement {agree:.4f} over {len(lp)} positions")
         finally:
             llm.close()
     if task_results:
@@ -277,7 +301,12 @@ def evaluate(
             "results": [tr.__dict__ for tr in task_results],
         }
     if text_results:
-        out["text"] = {"source": str(text), "results": [t.__dict__ for t in text_results]}
+        scoring = (
+            "every position of the first n_ctx tokens"
+            if chunks is None
+            else (f"llama-perplexity's: the second half of each of {len(windows)} chunks of n_ctx tokens")
+        )
+        out["text"] = {"source": str(text), "scoring": scoring, "results": [t.__dict__ for t in text_results]}
     return out
 
 
@@ -302,7 +331,8 @@ def render(out: dict[str, Any]) -> str:
     if out.get("text"):
         first = out["text"]["results"][0]
         rows = [
-            f"text: {out['text']['source']} ({first['n_tokens']} tokens), against the model without compression",
+            f"text: {out['text']['source']} ({first['n_tokens']} positions, scoring "
+            f"{out['text'].get('scoring', 'every position')}), against the model without compression",
             "",
             "| model | sparsity | mean KL (nats) | top-1 agreement |",
             "|---|---:|---:|---:|",

@@ -42,6 +42,14 @@ def eval_cmd(
     cache_type_v: CacheVOpt = None,
     system: SystemOpt = SYSTEM_PROMPT,
     reward: RewardOpt = None,
+    chunks: Annotated[
+        int | None,
+        typer.Option(
+            "--chunks",
+            help="Score --text as llama-perplexity does: cut into --ctx-token chunks (BOS first), the second half of "
+            "each scored; at most N chunks, -1 = all. Default: one --ctx prefix, every position.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Accuracy and next-token agreement at each sparsity against the same model without compression."""
@@ -65,6 +73,7 @@ def eval_cmd(
         type_v=opts.cache_type_v,
         system=system or None,
         reward=reward,
+        chunks=chunks,
         log=None if as_json else progress,
     )
     print(json.dumps(out, indent=2) if as_json else render(out))

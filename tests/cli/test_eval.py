@@ -71,6 +71,42 @@ def test_eval_tasks_and_text(tiny: Path, tmp_path: Path) -> None:
     assert txt[3]["mean_kl"] > 0.0  # s = 1: every head local
 
 
+def test_scored_chunks_are_llama_perplexity_positions() -> None:
+    """--chunks cuts the text as llama-perplexity does: n_ctx-token chunks, BOS first in each, the second half
+    scored (the last position's next token is outside the chunk, so not scored); -1 takes every chunk."""
+    from rlkv_edge.errors import DataError
+    from rlkv_edge.evaluate import scored_chunks
+
+    tokens = [1, *range(100, 125)]  # BOS + 25 tokens: 3 whole chunks of 8
+    assert scored_chunks(tokens, 8, None, 1) == [(tokens[:8], slice(0, None))]
+    windows = scored_chunks(tokens, 8, -1, 1)
+    assert [w for w, _ in windows] == [[1, *range(100, 107)], [1, *range(108, 115)], [1, *range(116, 123)]]
+    assert all(sc == slice(4, 7) for _, sc in windows)
+    assert len(scored_chunks(tokens, 8, 2, 1)) == 2
+    with pytest.raises(DataError, match="at least one chunk of --ctx 32"):
+        scored_chunks(tokens, 32, 1, 1)
+
+
+def test_eval_text_chunks(tiny: Path, tmp_path: Path) -> None:
+    """`eval --text --chunks 2`: two chunks of --ctx, half of each scored; --chunks without --text, or 0, is refused."""
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["the cat sat on the mat and the dog is in the mat of a cat"] * 40))
+    r = run_cli("eval", str(tiny), "--text", str(text), "-s", "1", "--ctx", "128", "--chunks", "2", "-t", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["text"]
+    assert out["scoring"].startswith("llama-perplexity's") and "2 chunks" in out["scoring"]
+    assert [x["n_tokens"] for x in out["results"]] == [2 * 63, 2 * 63]
+    assert out["results"][1]["mean_kl"] > 0.0
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"prompt": "a", "answer": "b"}\n')
+    for args, message in (
+        (["--tasks", str(tasks), "--chunks", "2"], "--chunks needs --text"),
+        (["--text", str(text), "--chunks", "0"], "--chunks must be positive"),
+    ):
+        r = run_cli("eval", str(tiny), *args)
+        assert r.returncode == 2 and r.stderr.startswith("rlkv-edge: error:") and message in r.stderr, r.stderr
+
+
 def test_eval_reasoning_gym_table(tiny: Path) -> None:
     pytest.importorskip("reasoning_gym")
     r = run_cli(
