@@ -24,7 +24,7 @@ from rlkv_edge.runtime import cache_type
 
 DEFAULT_TYPES = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q8_0/q4_0")
 DEFAULT_SW = ("16:64", "64:256", "64:1024")
-COMPOSED = ("q8_0", "q4_0")  # cache types rlkv is composed with
+COMPOSED = ("q8_0", "q4_0")  # cache types rlkv is composed with when --cache-type is not given
 
 
 def _pair(text: str, sep: str, what: str) -> tuple[str, str]:
@@ -70,9 +70,14 @@ def _mask_files(model: ModelFile, n_random: int, uniform: bool, out_dir: Path) -
 
 
 def _configs(
-    model: ModelFile, types: list[str], sparsities: list[float], sws: list[tuple[int, int]], masks: list
+    model: ModelFile,
+    types: list[str],
+    composed: list[str],
+    sparsities: list[float],
+    sws: list[tuple[int, int]],
+    masks: list,
 ) -> list[FrontierConfig]:
-    """Every configuration, the f16 full cache first."""
+    """Every configuration, the f16 full cache first; rlkv is composed with the `composed` cache types."""
     base = 0.0 if model.converted else None
     cfgs = [FrontierConfig("f16 full", "full", model.path, base)]
     for t in types:
@@ -85,7 +90,7 @@ def _configs(
             cfgs.append(FrontierConfig(f"rlkv s={s:g} S{sink}/W{window}", "rlkv", model.path, s, sink, window))
     sink, window = sws[len(sws) // 2]
     for s in sparsities:
-        for t in [t for t in COMPOSED if t in types]:
+        for t in composed:
             k, v = _pair(t, "/", "--cache-type")
             label = f"rlkv s={s:g} S{sink}/W{window} + {t}"
             cfgs.append(FrontierConfig(label, "rlkv+quant", model.path, s, sink, window, k, v))
@@ -110,7 +115,11 @@ def frontier(
     ] = None,
     cache_types: Annotated[
         list[str] | None,
-        typer.Option("--cache-type", help="KV cache types to compare, K or K/V (repeatable), e.g. q8_0, q8_0/q4_0."),
+        typer.Option(
+            "--cache-type",
+            help="KV cache types to compare, K or K/V (repeatable), e.g. q8_0, q8_0/q4_0; rlkv is composed with "
+            "each (default: six types, rlkv composed with q8_0 and q4_0).",
+        ),
     ] = None,
     n_random: Annotated[int, typer.Option("--random", help="Random masks (seeds 0..N-1) at the middle s.")] = 3,
     uniform: Annotated[bool, typer.Option("--uniform/--no-uniform", help="A per-layer-uniform mask too.")] = True,
@@ -152,7 +161,8 @@ def frontier(
     log = None if as_json else progress
     with tempfile.TemporaryDirectory() as tmp:
         masks = _mask_files(target, n_random, uniform, Path(tmp)) if target.converted else []
-        configs = _configs(target, types, sparsities, sws, masks)
+        composed = types if cache_types is not None else [t for t in COMPOSED if t in types]
+        configs = _configs(target, types, composed, sparsities, sws, masks)
         points = measure(
             configs,
             tokens,

@@ -54,6 +54,11 @@ def test_frontier_command(tiny32: Path, tmp_path: Path) -> None:
     by_label = {p["config"]["label"]: p for p in points}
     assert by_label["q8_0 full"]["kv_bytes"] < by_label["f16 full"]["kv_bytes"]
     assert by_label["all-local S2/W8"]["mean_kl"] > 0
+    # rlkv is composed with every given cache type, mixed K/V included
+    composed = {p["config"]["label"] for p in points if p["config"]["family"] == "rlkv+quant"}
+    assert composed == {"rlkv s=0.5 S2/W8 + q8_0", "rlkv s=0.5 S2/W8 + q8_0/q4_0"}
+    mixed = by_label["rlkv s=0.5 S2/W8 + q8_0/q4_0"]["config"]
+    assert (mixed["type_k"], mixed["type_v"]) == ("q8_0", "q4_0")
     assert any(p["on_front"] for p in points) and points[0]["on_front"]  # nothing beats KL 0 at f16 speed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| front | config |" in r.stdout
