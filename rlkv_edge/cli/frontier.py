@@ -77,7 +77,8 @@ def _configs(
     sws: list[tuple[int, int]],
     masks: list,
 ) -> list[FrontierConfig]:
-    """Every configuration, the f16 full cache first; rlkv is composed with the `composed` cache types."""
+    """Every configuration, the f16 full cache first; rlkv and all-local (at the middle S/W) are composed with the
+    `composed` cache types."""
     base = 0.0 if model.converted else None
     cfgs = [FrontierConfig("f16 full", "full", model.path, base)]
     for t in types:
@@ -96,6 +97,12 @@ def _configs(
             cfgs.append(FrontierConfig(label, "rlkv+quant", model.path, s, sink, window, k, v))
     for sink, window in sws:
         cfgs.append(FrontierConfig(f"all-local S{sink}/W{window}", "all-local", model.path, 1.0, sink, window))
+    sink, window = sws[len(sws) // 2]
+    for t in composed:  # StreamingLLM-style with the same quantization: what a user could pick instead
+        k, v = _pair(t, "/", "--cache-type")
+        cfgs.append(
+            FrontierConfig(f"all-local S{sink}/W{window} + {t}", "all-local", model.path, 1.0, sink, window, k, v)
+        )
     s_mid = min(sparsities, key=lambda s: abs(s - 0.5))  # random/uniform masks where rlkv is usually run
     sink, window = sws[len(sws) // 2]
     for label, family, path in masks:

@@ -59,6 +59,9 @@ def test_frontier_command(tiny32: Path, tmp_path: Path) -> None:
     assert composed == {"rlkv s=0.5 S2/W8 + q8_0", "rlkv s=0.5 S2/W8 + q8_0/q4_0"}
     mixed = by_label["rlkv s=0.5 S2/W8 + q8_0/q4_0"]["config"]
     assert (mixed["type_k"], mixed["type_v"]) == ("q8_0", "q4_0")
+    local_quant = by_label["all-local S2/W8 + q8_0/q4_0"]
+    assert local_quant["config"]["family"] == "all-local" and local_quant["config"]["sparsity"] == 1.0
+    assert local_quant["kv_bytes"] < by_label["all-local S2/W8"]["kv_bytes"]
     assert any(p["on_front"] for p in points) and points[0]["on_front"]  # nothing beats KL 0 at f16 speed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| front | config |" in r.stdout
