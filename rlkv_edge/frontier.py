@@ -1,11 +1,11 @@
 """The memory–quality–speed frontier behind `rlkv-edge frontier` (docs/DESIGN.md §7).
 
-Every configuration — the f16 full cache, llama.cpp's KV cache quantization, rlkv at several s × (S, W),
-rlkv composed with quantization, all-local (StreamingLLM-style, alone and quantized), random and
-per-layer-uniform masks — is loaded in this one process and measured the same way: KV bytes at n_ctx (what the runtime allocated),
-mean KL(full f16 ‖ config) and top-1 agreement over a text, and, optionally, pp / tg tokens/s at a depth
-as ratios to the f16 full cache. A point is on the Pareto front when no other point has no more KV bytes,
-no more KL and no less decode speed, and is better in one of them. `calibrate` measures the grid of
+Every configuration — the f16 full cache, llama.cpp's KV cache quantization, rlkv at several s × (S, W), rlkv
+composed with quantization, all-local (StreamingLLM-style, alone and quantized), random and per-layer-uniform
+masks — is loaded in this one process and measured the same way: KV bytes at n_ctx (what the runtime
+allocated), mean KL(full f16 ‖ config) and top-1 agreement over a text, and, optionally, pp / tg tokens/s at a
+depth as ratios to the f16 full cache. A point is on the Pareto front when no other point has no more KV
+bytes, no more KL and no less decode speed, and is better in one of them. `calibrate` measures the grid of
 rlkv_edge/calibration.py the same way, for `convert --calibrate`.
 """
 
