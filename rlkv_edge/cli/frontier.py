@@ -89,22 +89,19 @@ def _configs(
     for s in sparsities:
         for sink, window in sws:
             cfgs.append(FrontierConfig(f"rlkv s={s:g} S{sink}/W{window}", "rlkv", model.path, s, sink, window))
-    sink, window = sws[len(sws) // 2]
+    mid = sws[len(sws) // 2]  # (S, W) of the compositions and the masks
+    kv_types = [(t, *_pair(t, "/", "--cache-type")) for t in composed]
     for s in sparsities:
-        for t in composed:
-            k, v = _pair(t, "/", "--cache-type")
-            label = f"rlkv s={s:g} S{sink}/W{window} + {t}"
-            cfgs.append(FrontierConfig(label, "rlkv+quant", model.path, s, sink, window, k, v))
+        for t, k, v in kv_types:
+            cfgs.append(
+                FrontierConfig(f"rlkv s={s:g} S{mid[0]}/W{mid[1]} + {t}", "rlkv+quant", model.path, s, *mid, k, v)
+            )
     for sink, window in sws:
         cfgs.append(FrontierConfig(f"all-local S{sink}/W{window}", "all-local", model.path, 1.0, sink, window))
-    sink, window = sws[len(sws) // 2]
-    for t in composed:  # StreamingLLM-style with the same quantization: what a user could pick instead
-        k, v = _pair(t, "/", "--cache-type")
-        cfgs.append(
-            FrontierConfig(f"all-local S{sink}/W{window} + {t}", "all-local", model.path, 1.0, sink, window, k, v)
-        )
+    for t, k, v in kv_types:  # StreamingLLM-style with the same quantization: what a user could pick instead
+        cfgs.append(FrontierConfig(f"all-local S{mid[0]}/W{mid[1]} + {t}", "all-local", model.path, 1.0, *mid, k, v))
+    sink, window = mid
     s_mid = min(sparsities, key=lambda s: abs(s - 0.5))  # random/uniform masks where rlkv is usually run
-    sink, window = sws[len(sws) // 2]
     for label, family, path in masks:
         cfgs.append(FrontierConfig(f"{label} s={s_mid:g} S{sink}/W{window}", family, path, s_mid, sink, window))
     return cfgs
@@ -124,8 +121,8 @@ def frontier(
         list[str] | None,
         typer.Option(
             "--cache-type",
-            help="KV cache types to compare, K or K/V (repeatable), e.g. q8_0, q8_0/q4_0; rlkv is composed with "
-            "each (default: six types, rlkv composed with q8_0 and q4_0).",
+            help="KV cache types to compare, K or K/V (repeatable), e.g. q8_0, q8_0/q4_0; rlkv and all-local are "
+            "composed with each (default: six types, compositions with q8_0 and q4_0).",
         ),
     ] = None,
     n_random: Annotated[int, typer.Option("--random", help="Random masks (seeds 0..N-1) at the middle s.")] = 3,
