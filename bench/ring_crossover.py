@@ -46,13 +46,17 @@ def main() -> None:
         k, _, v = t.partition("/")
         return float(kv_memory(info, s, n_ctx, k, v or k, args.ubatch, sink=sink, window=window)["kv_bytes_compressed"])
 
+    def full(t: str, n_ctx: int) -> float:
+        """KV bytes of the uncompressed cache with K and V in type t."""
+        return float(kv_memory(info, 0.0, n_ctx, t, t, args.ubatch)["kv_bytes_compressed"])
+
     def ratio(cfg: tuple[str, float, int, int, str], n_ctx: int) -> float:
         """KV bytes over q4_0 K+V's."""
-        return kv(cfg, n_ctx) / kv(("q4_0", 0.0, 64, 256, "q4_0"), n_ctx)
+        return kv(cfg, n_ctx) / full("q4_0", n_ctx)
 
     def ratio_f16(cfg: tuple[str, float, int, int, str], n_ctx: int) -> float:
         """KV bytes over f16's, divided by 0.2 (issue 13's "below q4_0's memory" line)."""
-        return kv(cfg, n_ctx) / kv(("f16", 0.0, 64, 256, "f16"), n_ctx) / 0.2
+        return kv(cfg, n_ctx) / full("f16", n_ctx) / 0.2
 
     def crossover(cfg: tuple[str, float, int, int, str], over: Callable[..., float] = ratio) -> int | None:
         lo, hi = 1, 1 << 20
