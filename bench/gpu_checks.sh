@@ -4,13 +4,15 @@
 #
 #   bash bench/gpu_checks.sh OUT_DIR [SECONDS]
 #
-# 1. builds the patched llama.cpp with -DGGML_CUDA=ON into build/cuda (in the background, beside 2-4);
-# 2. Triton: the kernel's tests on the GPU, then bench/train_attention.py (fused vs SDPA flash vs reference,
-#    fwd+bwd, bf16, 2k-16k tokens, with the fused-vs-reference error of the output and every gradient);
-# 3. the training tests (GRPO, distillation, ablation) with the model on the GPU;
-# 4. a 3-step GRPO run of `rlkv-edge train` on a random-weight model of SmolLM2-135M's shape;
-# 5. on the CUDA build: the native tests with every layer and with one layer offloaded
-#    (RLKV_TEST_N_GPU_LAYERS), the offload agreement tests (tests/native/test_native_offload.py) and doctor.
+# 1. builds the patched llama.cpp with -DGGML_CUDA=ON into build/cuda, beside 2-4 (lane A);
+# 2. Triton: the kernel's tests on the GPU, then bench/train_attention.py (fused, autotuned and with fixed
+#    tiles, vs SDPA flash vs reference, fwd+bwd, bf16, 2k-16k tokens, with the fused-vs-reference error of the
+#    output and every gradient);
+# 3. a 3-step GRPO run of `rlkv-edge train` on a random-weight model of SmolLM2-135M's shape
+#    (bench/gpu_grpo_smoke.py);
+# 4. the training tests (GRPO, distillation, ablation) with the model on the GPU;
+# 5. on the CUDA build: doctor, the offload agreement tests (tests/native/test_native_offload.py), then the
+#    native tests with every layer and with one layer offloaded (RLKV_TEST_N_GPU_LAYERS), side by side.
 # Every step has a time limit inside SECONDS (default 560) and writes its log to OUT_DIR.
 # RLKV_LLAMA_CPP_DIR: a llama.cpp 0c1e57098 tree when the machine cannot download the sdist.
 set -uo pipefail
@@ -47,41 +49,36 @@ python3 -c "import torch, triton, transformers; print('torch', torch.__version__
 ) >"$out/cuda_build.log" 2>&1 &
 build_pid=$!
 
-step triton_tests 120 python3 -m pytest -q -p no:cacheprovider -m "" tests/train/test_train_triton.py
-step train_attention 180 python3 bench/train_attention.py --lengths 2048 4096 8192 16384 \
-    --json "$out/train_attention.json"
-# (test_train_runtime_agree needs the native library: it runs after the build, below)
-step train_tests 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/train \
-    --deselect tests/train/test_train_runtime_agree.py
-step grpo_smoke 90 python3 - <<'EOF'
-import json, subprocess, sys, tempfile
-from pathlib import Path
+# Lane A, beside the build: the Triton kernel and training, on the GPU.
+(
+    step triton_tests 150 python3 -m pytest -q -p no:cacheprovider -m "" tests/train/test_train_triton.py
+    step train_attention 200 python3 bench/train_attention.py --lengths 2048 4096 8192 16384 \
+        --json "$out/train_attention.json"
+    step grpo_smoke 100 python3 "$(dirname "$0")/gpu_grpo_smoke.py"
+    # (test_train_runtime_agree needs the native library: it runs after the build, below)
+    step train_tests 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/train \
+        --deselect tests/train/test_train_runtime_agree.py
+) &
+lane_a=$!
 
-sys.path.insert(0, "tests")
-from tiny_models import tiny_model, tiny_tokenizer  # noqa: E402
-
-d = Path(tempfile.mkdtemp())
-# SmolLM2-135M's shape (30 layers, 9 query / 3 KV heads of 64, hidden 576), random weights, character tokenizer
-tiny_model("llama", hidden_size=576, n_layer=30, n_head=9, n_head_kv=3, max_positions=2048).save_pretrained(d / "m")
-tiny_tokenizer().save_pretrained(d / "m")
-(d / "p.jsonl").write_text("".join(json.dumps({"question": f"{i}+{i}=?", "answer": str(2 * i)}) + "\n" for i in range(16)))
-cmd = [sys.executable, "-c", "from rlkv_edge.cli import main; main()", "train", str(d / "m"), "--dataset", str(d / "p.jsonl"),
-       "--steps", "3", "--group-size", "4", "--prompts-per-step", "4", "--micro-batch-size", "8",
-       "--max-completion-tokens", "256", "--sink", "16", "--window", "64", "--no-chat", "--no-self-distill",
-       "--out", str(d / "heads.json"), "--output-dir", str(d / "ckpt")]
-subprocess.run(cmd, check=True)
-print(json.loads((d / "heads.json").read_text())["training"])
-EOF
-
+# Lane B: the CUDA build, then the native tests on it (one line per test in the logs, so a run cut short by
+# the deadline still says which tests passed).
 wait "$build_pid"
 tail -1 "$out/cuda_build.log" | tee -a "$out/summary.txt"
 if [ -f "$build/install/rlkv_edge/lib/libggml-cuda.so" ]; then
     export RLKV_LIB_DIR=$PWD/$build/install/rlkv_edge/lib
+    native=(python3 -m pytest -v -p no:cacheprovider --tb=short --timeout 120)
     step doctor 30 python3 -c "from rlkv_edge.cli import main; main()" doctor
+    RLKV_OFFLOAD_REPORT=$out/offload.json step offload_tests 150 "${native[@]}" -m "" tests/native/test_native_offload.py
+    # (test_foundation expects the pip-installed library's version stamp; a CMake build says "dev")
+    RLKV_TEST_N_GPU_LAYERS=99 step native_tests_ngl99 200 "${native[@]}" tests/native \
+        --deselect tests/native/test_native_offload.py --deselect tests/native/test_foundation.py &
+    ngl99=$!
+    RLKV_TEST_N_GPU_LAYERS=1 step native_tests_ngl1 200 "${native[@]}" tests/native \
+        --deselect tests/native/test_native_offload.py --deselect tests/native/test_foundation.py &
+    ngl1=$!
     step train_runtime_agree 60 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_runtime_agree.py
-    RLKV_OFFLOAD_REPORT=$out/offload.json step offload_tests 120 python3 -m pytest -q -p no:cacheprovider \
-        tests/native/test_native_offload.py
-    RLKV_TEST_N_GPU_LAYERS=99 step native_tests_ngl99 150 python3 -m pytest -q -p no:cacheprovider tests/native
-    RLKV_TEST_N_GPU_LAYERS=1 step native_tests_ngl1 150 python3 -m pytest -q -p no:cacheprovider tests/native
+    wait "$ngl99" "$ngl1"
 fi
+wait "$lane_a"
 cat "$out/summary.txt"

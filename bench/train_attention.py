@@ -80,7 +80,12 @@ def bench_length(args: argparse.Namespace, t: int) -> dict[str, float | int | st
         def fused() -> torch.Tensor:
             return fused_mixed_attention(q, k, v, alpha, pos, pos, args.sink, args.window)
 
+        def fused_fixed() -> torch.Tensor:  # the fixed 64 x 64 tiles, without the autotuner
+            return fused_mixed_attention(q, k, v, alpha, pos, pos, args.sink, args.window, tuned=False)
+
+        row["fused_fixed_ms"] = timed(run(fused_fixed), args.warmup, args.iters, dev)
         row["fused_ms"] = timed(run(fused), args.warmup, args.iters, dev)
+        row["tuned_configs"] = _tuned_configs()
         row["fused_over_sdpa"] = round(float(row["fused_ms"]) / float(row["sdpa_ms"]), 3)
         if isinstance(row["reference_ms"], float):
             row["reference_over_fused"] = round(row["reference_ms"] / float(row["fused_ms"]), 3)
@@ -107,6 +112,19 @@ def agreement(
         f"err_{n}": float(f"{float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)):.3g}")
         for n, a, b in zip(names, *results, strict=True)
     }
+
+
+def _tuned_configs() -> str:
+    """The configurations the autotuner chose last, per kernel (BLOCK_M x BLOCK_N / warps / stages)."""
+    from rlkv_edge.train import triton_kernel as tk
+
+    chosen = []
+    for name in ("_fwd_tuned", "_bwd_dkdv_tuned", "_bwd_dq_tuned"):
+        cfg = getattr(getattr(tk, name), "best_config", None)
+        if cfg is not None:
+            kw = cfg.kwargs
+            chosen.append(f"{name[1:-6]} {kw['BLOCK_M']}x{kw['BLOCK_N']}/{cfg.num_warps}w/{cfg.num_stages}s")
+    return ", ".join(chosen)
 
 
 class _null:
@@ -145,16 +163,31 @@ def main() -> None:
     shape = f"B={args.batch} Hq={args.heads} Hkv={args.kv_heads} D={args.head_dim}"
     setting = f"{shape} S={args.sink} W={args.window} {args.dtype}"
     print(f"# device {name}, {setting}, fwd+bwd, median of {args.iters} after {args.warmup} warm-up runs")
-    print(f"{'tokens':>7} {'sdpa ms':>9} {'reference ms':>13} {'fused ms':>9} {'fused/sdpa':>10} {'ref/fused':>9}")
+    print(
+        f"{'tokens':>7} {'sdpa ms':>9} {'reference ms':>13} {'fixed ms':>9} {'fused ms':>9} {'fused/sdpa':>10} "
+        f"{'ref/fused':>9}  tuned configs"
+    )
     rows = []
     for t in args.lengths:
         row = bench_length(args, t)
         rows.append(row)
         cells = [
-            row.get(k, "-") for k in ("sdpa_ms", "reference_ms", "fused_ms", "fused_over_sdpa", "reference_over_fused")
+            row.get(k, "-")
+            for k in (
+                "sdpa_ms",
+                "reference_ms",
+                "fused_fixed_ms",
+                "fused_ms",
+                "fused_over_sdpa",
+                "reference_over_fused",
+            )
         ]
         text = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells]
-        print(f"{t:>7} {text[0]:>9} {text[1]:>13} {text[2]:>9} {text[3]:>10} {text[4]:>9}", flush=True)
+        print(
+            f"{t:>7} {text[0]:>9} {text[1]:>13} {text[2]:>9} {text[3]:>9} {text[4]:>10} {text[5]:>9}  "
+            f"{row.get('tuned_configs', '')}",
+            flush=True,
+        )
         if args.device == "cuda":
             torch.cuda.empty_cache()
     if args.json:

@@ -12,6 +12,9 @@ out = α·O_full + (1 − α)·O_local. Backward recomputes each tile once for b
 dK/dV are accumulated by one program per K tile (looping over the query tiles and the query heads of its
 GQA group), dQ by one program per Q tile, so no atomics are needed. Token ordinals come in as q_pos
 [B, Tq] and k_pos [B, Tk] (−1 = padding), exactly as the reference derives them from the mask.
+Tiles whose keys no query of the tile can see locally (between the sinks and the window) skip the local
+softmax in the forward and the backward. On a GPU the tile sizes, warps and pipeline stages are autotuned per
+head size and power-of-two length bucket; `tuned=False` keeps the fixed 64 × 64 tiles (bench's baseline).
 Set TRITON_INTERPRET=1 before importing this module to run it on a CPU.
 """
 
@@ -51,10 +54,17 @@ if _HAVE_TRITON:
         return full, full & near
 
     @triton.jit
+    def _maybe_local(q_pos, k_pos, SINK, WINDOW):
+        """Whether some key of the tile may be local to some query of it (a superset test on the ordinals)."""
+        k_min = tl.min(tl.where(k_pos >= 0, k_pos, 2147483647), 0)
+        q_min = tl.min(tl.where(q_pos >= 0, q_pos, 2147483647), 0)
+        return (k_min < SINK) | (tl.max(k_pos, 0) > q_min - WINDOW)
+
+    @triton.jit
     def _fwd_kernel(
         Q, K, V, A, QPOS, KPOS, OUT, OF, OL, LSEF, LSEL,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-        H, G, Tq, Tk, scale, SINK, WINDOW,
+        H, G, Tq, Tk, scale, SINK, WINDOW, T_BUCKET,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
@@ -104,7 +114,7 @@ if _HAVE_TRITON:
             acc_f = acc_f * corr[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
             m_f = m_new
 
-            if tl.max(tl.sum(local.to(tl.int32), 1), 0) > 0:  # tiles between sinks and window skip the local update
+            if _maybe_local(q_pos, k_pos, SINK, WINDOW):  # tiles between sinks and window skip the local update
                 s_l = tl.where(local, s, float("-inf"))
                 m_new = tl.maximum(m_l, tl.max(s_l, 1))
                 p = tl.exp(s_l - m_new[:, None])
@@ -131,16 +141,20 @@ if _HAVE_TRITON:
         full, local = _masks(q_pos, k_pos, SINK, WINDOW)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
         p_f = tl.where(full, tl.exp(s - lse_f[:, None]), 0.0)
-        p_l = tl.where(local, tl.exp(s - lse_l[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = alpha * p_f * (dp - dlt_f[:, None]) + (1.0 - alpha) * p_l * (dp - dlt_l[:, None])
-        return alpha * p_f + (1.0 - alpha) * p_l, ds
+        p = alpha * p_f
+        ds = alpha * p_f * (dp - dlt_f[:, None])
+        if _maybe_local(q_pos, k_pos, SINK, WINDOW):  # tiles between sinks and window have no local part
+            p_l = tl.where(local, tl.exp(s - lse_l[:, None]), 0.0)
+            p += (1.0 - alpha) * p_l
+            ds += (1.0 - alpha) * p_l * (dp - dlt_l[:, None])
+        return p, ds
 
     @triton.jit
     def _bwd_dkdv_kernel(
         Q, K, V, A, QPOS, KPOS, DO, LSEF, LSEL, DLTF, DLTL, DK, DV,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdkb, sdkh, sdkt,
-        H, HK, G, Tq, Tk, scale, SINK, WINDOW,
+        H, HK, G, Tq, Tk, scale, SINK, WINDOW, T_BUCKET,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         pid_n = tl.program_id(0)
@@ -188,7 +202,7 @@ if _HAVE_TRITON:
     def _bwd_dq_kernel(
         Q, K, V, A, QPOS, KPOS, DO, LSEF, LSEL, DLTF, DLTL, DQ,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdqb, sdqh, sdqt,
-        H, G, Tq, Tk, scale, SINK, WINDOW,
+        H, G, Tq, Tk, scale, SINK, WINDOW, T_BUCKET,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
@@ -226,12 +240,42 @@ if _HAVE_TRITON:
         tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
-def _blocks(d: int) -> tuple[int, int, int]:
-    """Tile sizes (BLOCK_M, BLOCK_N, BLOCK_D); small ones under the interpreter."""
-    block_d = max(16, triton.next_power_of_2(d))
-    if _interpreting():
-        return 16, 16, block_d
-    return (64, 64, block_d) if block_d <= 128 else (32, 32, block_d)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries on a GPU; the first is the fixed default.
+_FWD_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2)]
+_DKDV_CONFIGS = [(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (128, 64, 8, 3)]
+_DQ_CONFIGS = [(64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4), (128, 128, 8, 2)]
+
+if _HAVE_TRITON:
+
+    def _autotuned(kernel: Any, configs: list[tuple[int, int, int, int]]) -> Any:
+        """kernel autotuned over configs, keyed on the head size, the precision and the length bucket."""
+        return triton.autotune(
+            [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in configs],
+            key=["D", "T_BUCKET", "PREC"],
+        )(kernel)
+
+    _fwd_tuned = _autotuned(_fwd_kernel, _FWD_CONFIGS)
+    _bwd_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_CONFIGS)
+    _bwd_dq_tuned = _autotuned(_bwd_dq_kernel, _DQ_CONFIGS)
+
+
+def _launch(
+    kernels: tuple[Any, Any], tuned: bool, tiles_of: tuple[str, int], heads: int, *args: Any, **meta: Any
+) -> None:
+    """Run kernels[1] autotuned (tuned, on a GPU) or kernels[0] with fixed tiles, on a grid of one program per
+    tile of tiles_of = ("BLOCK_M" or "BLOCK_N", length) × heads. args and meta go to the kernel."""
+    axis, length = tiles_of
+    bucket = triton.next_power_of_2(max(length, 16))  # the autotune key: one tuning per power-of-two length
+    if tuned and not _interpreting():
+        kernels[1][lambda cfg: (triton.cdiv(length, cfg[axis]), heads)](*args, bucket, **meta)
+        return
+    block = 16 if _interpreting() else (64 if meta["BLOCK_D"] <= 128 else 32)
+    kernels[0][(triton.cdiv(length, block), heads)](*args, bucket, BLOCK_M=block, BLOCK_N=block, **meta)
+
+
+def _block_d(d: int) -> int:
+    """The head size padded to a power of two of at least 16 (tl.dot's smallest)."""
+    return max(16, triton.next_power_of_2(d))
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -265,6 +309,7 @@ class FusedMixedAttention(torch.autograd.Function):
         sink: int,
         window: int,
         scale: float,
+        tuned: bool,
     ) -> torch.Tensor:
         """Run the forward kernel; saves O_full, O_local and both log-sum-exps for the backward."""
         q, k, v = _last_contiguous(q), _last_contiguous(k), _last_contiguous(v)
@@ -276,23 +321,22 @@ class FusedMixedAttention(torch.autograd.Function):
         o_f, o_l = torch.empty_like(o), torch.empty_like(o)
         lse_f = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)
         lse_l = torch.empty_like(lse_f)
-        bm, bn, bd = _blocks(D)
-        grid = (triton.cdiv(Tq, bm), B * H)
-        _fwd_kernel[grid](
+        _launch(
+            (_fwd_kernel, _fwd_tuned), tuned, ("BLOCK_M", Tq), B * H,
             q, k, v, alpha_f, q_pos, k_pos, o, o_f, o_l, lse_f, lse_l,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             H, G, Tq, Tk, scale, sink, window,
-            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PREC=_precision(q),
+            D=D, BLOCK_D=_block_d(D), PREC=_precision(q),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, alpha_f, q_pos, k_pos, o_f, o_l, lse_f, lse_l)
-        ctx.args = (sink, window, scale, alpha.dtype)
+        ctx.args = (sink, window, scale, alpha.dtype, tuned)
         return o
 
     @staticmethod
     def backward(ctx: Any, do: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         """Run the dK/dV and dQ kernels; dα is a reduction of the row deltas."""
         q, k, v, alpha_f, q_pos, k_pos, o_f, o_l, lse_f, lse_l = ctx.saved_tensors
-        sink, window, scale, alpha_dtype = ctx.args
+        sink, window, scale, alpha_dtype, tuned = ctx.args
         do = do.to(q.dtype).contiguous()  # autograd may hand a float32 gradient to a bf16 output
         B, H, Tq, D = q.shape
         HK, Tk = k.shape[1], k.shape[2]
@@ -302,21 +346,21 @@ class FusedMixedAttention(torch.autograd.Function):
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-        bm, bn, bd = _blocks(D)
-        _bwd_dkdv_kernel[(triton.cdiv(Tk, bn), B * HK)](
+        meta = {"D": D, "BLOCK_D": _block_d(D), "PREC": _precision(q)}
+        _launch(
+            (_bwd_dkdv_kernel, _bwd_dkdv_tuned), tuned, ("BLOCK_N", Tk), B * HK,
             q, k, v, alpha_f, q_pos, k_pos, do, lse_f, lse_l, dlt_f, dlt_l, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
-            H, HK, G, Tq, Tk, scale, sink, window,
-            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PREC=_precision(q),
+            H, HK, G, Tq, Tk, scale, sink, window, **meta,
         )  # fmt: skip
-        _bwd_dq_kernel[(triton.cdiv(Tq, bm), B * H)](
+        _launch(
+            (_bwd_dq_kernel, _bwd_dq_tuned), tuned, ("BLOCK_M", Tq), B * H,
             q, k, v, alpha_f, q_pos, k_pos, do, lse_f, lse_l, dlt_f, dlt_l, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-            H, G, Tq, Tk, scale, sink, window,
-            D=D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PREC=_precision(q),
+            H, G, Tq, Tk, scale, sink, window, **meta,
         )  # fmt: skip
         d_alpha = (dlt_f - dlt_l).view(B, HK, G, Tq).sum(dim=(0, 2, 3)).to(alpha_dtype)
-        return dq, dk, dv, d_alpha, None, None, None, None, None
+        return dq, dk, dv, d_alpha, None, None, None, None, None, None
 
 
 def fused_mixed_attention(
@@ -329,8 +373,11 @@ def fused_mixed_attention(
     sink: int,
     window: int,
     scale: float | None = None,
+    tuned: bool = True,
 ) -> torch.Tensor:
-    """Fused mixed attention. q [B,Hq,Tq,D], k/v [B,Hkv,Tk,D], alpha [Hkv], q_pos [B,Tq], k_pos [B,Tk]."""
+    """Fused mixed attention. q [B,Hq,Tq,D], k/v [B,Hkv,Tk,D], alpha [Hkv], q_pos [B,Tq], k_pos [B,Tk].
+
+    tuned=False runs the fixed 64 × 64 tiles instead of the autotuned ones (GPU; the interpreter is fixed)."""
     if not _HAVE_TRITON:
         raise RuntimeError("triton is not installed")
     if q.shape[2] > k.shape[2]:
@@ -346,5 +393,5 @@ def fused_mixed_attention(
     else:
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    out: torch.Tensor = FusedMixedAttention.apply(q, k, v, alpha, q_pos, k_pos, int(sink), int(window), scale)
+    out: torch.Tensor = FusedMixedAttention.apply(q, k, v, alpha, q_pos, k_pos, int(sink), int(window), scale, tuned)
     return out
