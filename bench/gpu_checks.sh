@@ -13,7 +13,8 @@
 # 4. the training tests (GRPO, distillation, ablation) with the model on the GPU;
 # 5. on the CUDA build: doctor, the offload agreement tests (tests/native/test_native_offload.py), then the
 #    native tests with every layer and with one layer offloaded (RLKV_TEST_N_GPU_LAYERS), side by side.
-# Every step has a time limit inside SECONDS (default 560) and writes its log to OUT_DIR.
+# Every step has a time limit inside SECONDS (default 560) and writes its log to OUT_DIR; at the end OUT_DIR
+# also holds logs.tgz with every log (the device tool brings back only 8 files).
 # RLKV_LLAMA_CPP_DIR: a llama.cpp 0c1e57098 tree when the machine cannot download the sdist.
 set -uo pipefail
 out=${1:?usage: bench/gpu_checks.sh OUT_DIR [SECONDS]}
@@ -67,18 +68,34 @@ wait "$build_pid"
 tail -1 "$out/cuda_build.log" | tee -a "$out/summary.txt"
 if [ -f "$build/install/rlkv_edge/lib/libggml-cuda.so" ]; then
     export RLKV_LIB_DIR=$PWD/$build/install/rlkv_edge/lib
+    # Where the compiler linked libstdc++ into our libraries and a model load still crashes (CMakeLists.txt),
+    # preload the system's copy, which made it load on the H200 machine, and say so.
+    step load_probe 60 python3 -c "import sys, pathlib; sys.path.insert(0, 'tests'); import rlkv_edge, llama_cpp; \
+from gguf_fixtures import write_tiny_gguf; \
+llama_cpp.Llama(str(write_tiny_gguf(pathlib.Path('/tmp/probe.gguf')).path), verbose=False); print('loaded')"
+    if ! grep -q loaded "$out/load_probe.log"; then
+        export LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6)
+        echo "== model load crashed: LD_PRELOAD=$LD_PRELOAD from here on" | tee -a "$out/summary.txt"
+    fi
     native=(python3 -m pytest -v -p no:cacheprovider --tb=short --timeout 120)
     step doctor 30 python3 -c "from rlkv_edge.cli import main; main()" doctor
     RLKV_OFFLOAD_REPORT=$out/offload.json step offload_tests 150 "${native[@]}" -m "" tests/native/test_native_offload.py
-    # (test_foundation expects the pip-installed library's version stamp; a CMake build says "dev")
-    RLKV_TEST_N_GPU_LAYERS=99 step native_tests_ngl99 200 "${native[@]}" tests/native \
-        --deselect tests/native/test_native_offload.py --deselect tests/native/test_foundation.py &
+    # Left out: test_foundation expects the pip-installed library's version stamp (a CMake build says "dev");
+    # the metadata corpus starts a process per file (~1 s of CUDA start-up each) and does not touch the backend.
+    skip=(--deselect tests/native/test_native_offload.py --deselect tests/native/test_foundation.py
+        --deselect tests/native/test_rlkv_corpus.py::test_corpus_sample_agrees
+        --deselect tests/native/test_rlkv_corpus.py::test_whole_corpus_agrees)
+    RLKV_TEST_N_GPU_LAYERS=99 step native_tests_ngl99 200 "${native[@]}" tests/native "${skip[@]}" &
     ngl99=$!
-    RLKV_TEST_N_GPU_LAYERS=1 step native_tests_ngl1 200 "${native[@]}" tests/native \
-        --deselect tests/native/test_native_offload.py --deselect tests/native/test_foundation.py &
+    RLKV_TEST_N_GPU_LAYERS=1 step native_tests_ngl1 200 "${native[@]}" tests/native "${skip[@]}" &
     ngl1=$!
     step train_runtime_agree 60 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_runtime_agree.py
     wait "$ngl99" "$ngl1"
 fi
 wait "$lane_a"
+for f in "$out"/native_tests_ngl*.log "$out"/offload_tests.log; do
+    [ -f "$f" ] && echo "$(basename "$f"): $(tail -1 "$f")" >>"$out/summary.txt"
+done
+# the device tool returns at most 8 files: everything in one archive beside the summary
+tar czf "$out.tgz" -C "$out" . && mv "$out.tgz" "$out/logs.tgz"
 cat "$out/summary.txt"

@@ -13,6 +13,7 @@ from reference import RefModel
 from tiny_runtime import (
     N_TOK,
     N_VOCAB,
+    REF_TOL,
     SINK,
     WINDOW,
     eval_tokens,
@@ -40,7 +41,7 @@ def test_rollback(tiny_paths, weights):
     ref.truncate(299)
     got = eval_tokens(llm, toks[299:320])
     exp = ref.forward(toks[299:320], np.arange(299, 320))
-    assert rel_err(got, exp) <= 1e-3
+    assert rel_err(got, exp) <= REF_TOL
 
     # by more than the ring slack: refused, nothing removed
     assert not llm._ctx.kv_cache_seq_rm(0, 40, -1)
@@ -54,7 +55,7 @@ def test_rollback(tiny_paths, weights):
     exp_logits = ref2.forward(np.array(new), np.arange(len(new)))
     assert first == int(np.argmax(exp_logits[-1]))
     got_last = np.array(llm.scores[len(new) - 1], dtype=np.float64)
-    assert rel_err(got_last, exp_logits[-1]) <= 1e-3
+    assert rel_err(got_last, exp_logits[-1]) <= REF_TOL
 
     # truncation into the sinks with no later tokens is exact
     assert llm._ctx.kv_cache_seq_rm(0, 2, -1)
@@ -78,7 +79,7 @@ def test_state_roundtrip(tiny_paths, flash_attn, n_past):
     if n_past < 256:
         assert np.array_equal(a, b), np.abs(a - b).max()
     else:
-        assert rel_err(b, a) <= (1e-3 if flash_attn else 1e-5) and np.array_equal(a.argmax(-1), b.argmax(-1))
+        assert rel_err(b, a) <= (REF_TOL if flash_attn else 1e-5) and np.array_equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_context_shift(tiny_paths, weights):
@@ -105,7 +106,7 @@ def test_context_shift(tiny_paths, weights):
     llm.n_tokens = 300
     got = eval_tokens(llm, toks[400:410])
     exp = ref.forward(toks[400:410], np.arange(300, 310))
-    assert rel_err(got, exp) <= 1e-3
+    assert rel_err(got, exp) <= REF_TOL
 
     # n_keep < S with a short tail: refused
     assert not llama_cpp.llama_memory_seq_rm(mem, 0, 2, 100)
@@ -150,7 +151,8 @@ def test_state_from_another_layout_is_refused(tiny_paths, other, whole):
 
     got = eval_tokens(dst, toks[60:64])
     fresh = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, kv_overrides=other)
-    want = eval_tokens(fresh, toks[:64])[60:]
+    eval_tokens(fresh, toks[:60])  # the same batches as dst: a GPU's kernels depend on the batch size
+    want = eval_tokens(fresh, toks[60:64])
     assert np.array_equal(got, want), np.abs(got - want).max()
 
 
@@ -225,7 +227,7 @@ def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths,
         llama_cpp.llama_memory_seq_cp(mem, 0, 1, -1, -1)
         assert llama_cpp.llama_memory_seq_pos_max(mem, 1) == 599
         rc, got = _decode(ctx, toks[600:601], [600], 1)
-        assert rc != 0 or rel_err(got, ref_logits(601)) <= 1e-3
+        assert rc != 0 or rel_err(got, ref_logits(601)) <= REF_TOL
         llama_cpp.llama_memory_seq_rm(mem, 1, -1, -1)
 
         llama_cpp.llama_memory_seq_cp(mem, 0, 1, 0, 150)  # keys 142..149 left the 256-cell ring long ago
@@ -236,12 +238,12 @@ def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths,
         assert llama_cpp.llama_memory_seq_pos_max(mem, 1) == 589
         llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)  # the copy alone: its cells are its own again
         rc, got = _decode(ctx, toks[590:591], [590], 1)
-        assert rc == 0 and rel_err(got, ref_logits(591)) <= 1e-3
+        assert rc == 0 and rel_err(got, ref_logits(591)) <= REF_TOL
 
         llama_cpp.llama_memory_seq_cp(mem, 1, 0, -1, -1)  # and a whole copy back, the source then dropped: exact
         llama_cpp.llama_memory_seq_rm(mem, 1, -1, -1)
         rc, got = _decode(ctx, toks[591:592], [591], 0)
-        assert rc == 0 and rel_err(got, ref_logits(592)) <= 1e-3
+        assert rc == 0 and rel_err(got, ref_logits(592)) <= REF_TOL
 
 
 def test_seq_pos_min_marks_how_far_back_a_sequence_can_go(tiny_paths):
@@ -324,7 +326,7 @@ def test_seq_add_exact_or_refused(tiny_paths, weights):
     ref.P = ref.P[keep] - 100
     llm.n_tokens = 200
     got = eval_tokens(llm, toks[300:310])
-    assert rel_err(got, ref.forward(toks[300:310], np.arange(200, 210))) <= 1e-3
+    assert rel_err(got, ref.forward(toks[300:310], np.arange(200, 210))) <= REF_TOL
 
 
 def test_seq_div_exact_or_refused(tiny_paths, weights):
@@ -353,7 +355,7 @@ def test_seq_div_exact_or_refused(tiny_paths, weights):
         ref.rot_offset = 2 * (old - ref.P)  # rotated at 2·old - new = new + 2·(old - new): upstream's K-shift
         llm.n_tokens = 50
         got = eval_tokens(llm, toks[100:105])
-        assert rel_err(got, ref.forward(toks[100:105], np.arange(50, 55))) <= 1e-3, model
+        assert rel_err(got, ref.forward(toks[100:105], np.arange(50, 55))) <= REF_TOL, model
 
     wrapped = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
     eval_tokens(wrapped, toks[:300])
@@ -377,7 +379,7 @@ def test_seq_keep_exact(tiny_paths, weights):
         assert _span(mem, 0) == (-1, -1) and _span(mem, 1)[1] == 299
         rc, got = _decode(ctx, toks[300:301], [300], 1)
         ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks[:301], np.arange(301))[-1]
-        assert rc == 0 and rel_err(got, ref) <= 1e-3
+        assert rc == 0 and rel_err(got, ref) <= REF_TOL
 
 
 @pytest.mark.parametrize(

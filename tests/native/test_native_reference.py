@@ -11,6 +11,7 @@ from reference import RefModel
 from tiny_runtime import (
     N_TOK,
     N_VOCAB,
+    REF_TOL,
     SINK,
     WINDOW,
     eval_tokens,
@@ -46,7 +47,7 @@ def test_reference_logits(tiny_paths, weights, key, flash_attn, mode):
     ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(toks, np.arange(N_TOK))
     full = RefModel(weights).forward(toks, np.arange(N_TOK))
     err = rel_err(got, ref)
-    assert err <= 1e-3, err
+    assert err <= REF_TOL, err
     # the test has teeth: the local rule changes the logits far more than the tolerance
     assert rel_err(full, ref) > 1e-2
 
@@ -110,6 +111,6 @@ def test_multi_seq(tiny_paths, weights):
                 llama_cpp.llama_free(ctx)
             for sid in range(2):
                 ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW).forward(seqs[sid], np.arange(320))
-                assert rel_err(np.array(outs[sid]), ref) <= 1e-3, (unified, sid)
+                assert rel_err(np.array(outs[sid]), ref) <= REF_TOL, (unified, sid)
     finally:
         llama_cpp.llama_model_free(model)
