@@ -87,6 +87,32 @@ def test_fused_matches_naive(case: tuple) -> None:
 
 
 @kernel
+@pytest.mark.skipif(_ON_GPU, reason="interpreter only; on a GPU bench/train_attention.py checks the tuned kernel")
+@pytest.mark.parametrize("tiles", [(16, 32), (32, 16)])
+def test_tuned_launch_matches_naive(tiles: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The autotuned launch (grid from the chosen config, the length bucket as key) with non-square tiles, one
+    config each so the autotuner does not time anything: output and gradients match the float64 reference."""
+    for name, base in (("_fwd_tuned", tk._fwd_kernel), ("_bwd_dkdv_tuned", tk._bwd_dkdv_kernel),
+                       ("_bwd_dq_tuned", tk._bwd_dq_kernel)):  # fmt: skip
+        monkeypatch.setattr(tk, name, tk._autotuned(base, [(*tiles, 4, 3)]))
+    monkeypatch.setattr(tk, "_interpreting", lambda: False)  # take the tuned branch in the interpreter
+    g = torch.Generator().manual_seed(7)
+    b, h, hk, t, d, sink, window = 1, 4, 2, 70, 16, 3, 9
+    q, k, v = (torch.randn(b, n, t, d, generator=g).requires_grad_(True) for n in (h, hk, hk))
+    a = torch.rand(hk, generator=g).requires_grad_(True)
+    pos = torch.arange(t, dtype=torch.int32)[None]
+    out = tk.fused_mixed_attention(q, k, v, a, pos, pos, sink, window, tuned=True)
+    ref = naive_mixed_attention(q, k, v, a, pos, pos, sink, window)
+    assert (out - ref).abs().max().item() <= 1e-5
+    go = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * go).sum(), (q, k, v, a))
+    refs = torch.autograd.grad((ref * go).sum(), (q, k, v, a))
+    for name, x, y in zip("qkva", grads, refs, strict=True):
+        assert (x - y).abs().max().item() <= 1e-4 * max(1.0, y.abs().max().item()), name
+    assert tk._bwd_dkdv_tuned.best_config.kwargs == {"BLOCK_M": tiles[0], "BLOCK_N": tiles[1]}
+
+
+@kernel
 def test_fused_in_model_matches_reference() -> None:
     """The model with backend="triton" gives the reference's logits and gate gradients (padded batch)."""
     ids = torch.randint(3, 128, (2, 20), generator=torch.Generator().manual_seed(0))
