@@ -13,13 +13,14 @@
 # 4. the training tests (GRPO, distillation, ablation) with the model on the GPU;
 # 5. on the CUDA build: doctor, the offload agreement tests (tests/native/test_native_offload.py), then the
 #    native tests with every layer and with one layer offloaded (RLKV_TEST_N_GPU_LAYERS), side by side.
-# Every step has a time limit inside SECONDS (default 560) and writes its log to OUT_DIR; at the end OUT_DIR
-# also holds logs.tgz with every log (the device tool brings back only 8 files).
+# Every step has a time limit inside SECONDS (default 560). OUT_DIR gets summary.txt, train_attention.json,
+# offload.json and logs.tgz with every step's log.
 # RLKV_LLAMA_CPP_DIR: a llama.cpp 0c1e57098 tree when the machine cannot download the sdist.
 set -uo pipefail
-out=${1:?usage: bench/gpu_checks.sh OUT_DIR [SECONDS]}
+out_dir=${1:?usage: bench/gpu_checks.sh OUT_DIR [SECONDS]}
 deadline=$(($(date +%s) + ${2:-560}))
-mkdir -p "$out"
+mkdir -p "$out_dir"
+out=$(mktemp -d)  # the logs; OUT_DIR gets them packed, as the device tool returns at most 8 files
 build=build/cuda
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 left() { echo $((deadline - $(date +%s))); }
@@ -96,6 +97,8 @@ wait "$lane_a"
 for f in "$out"/native_tests_ngl*.log "$out"/offload_tests.log; do
     [ -f "$f" ] && echo "$(basename "$f"): $(tail -1 "$f")" >>"$out/summary.txt"
 done
-# the device tool returns at most 8 files: everything in one archive beside the summary
-tar czf "$out.tgz" -C "$out" . && mv "$out.tgz" "$out/logs.tgz"
+tar czf "$out_dir/logs.tgz" -C "$out" .
+cp "$out/summary.txt" "$out_dir/"
+[ -f "$out/train_attention.json" ] && cp "$out/train_attention.json" "$out_dir/"
+[ -f "$out/offload.json" ] && cp "$out/offload.json" "$out_dir/"
 cat "$out/summary.txt"
