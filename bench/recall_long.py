@@ -2,11 +2,13 @@
 quantization (issue 13), on the bundled SmolLM2 with the shipped default heads.
 
     python bench/recall_long.py [--n 10] [--threads 2] [--out bench/results/recall_long.json]
+    python bench/recall_long.py --random 3 --no-main --out bench/results/recall_long_random.json
 
 At 8k tokens of running text, all-local with a 2048 window and q8_0/q4_0 matches rlkv s = 0.75 S64/W1024 with
 the same types in KL for less memory (docs/RESULTS.md). This asks what the full heads buy: each problem states a
 code, then ~3900 tokens of filler, then asks for it (rlkv_edge.tasks, size (64, 2048)), so no window of 2048
-holds it. Every configuration runs in this process (rlkv_edge.frontier.measure, greedy, 16 answer tokens);
+holds it. `--random N` adds the same rlkv point with random head scores (seeds 0..N-1), to tell what the
+learned heads add. Every configuration runs in this process (rlkv_edge.frontier.measure, greedy, 16 answer tokens);
 its KL column is over the first 256 tokens of GPL-3 only (inside every window) and is not a result.
 """
 
@@ -18,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 N_CTX = 8208
@@ -28,13 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10, help="problems (held-out seed)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--random", type=int, default=0, help="random-mask controls at the rlkv point")
+    ap.add_argument("--no-main", action="store_true", help="only f16 full and the random controls")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recall_long.json")
     args = ap.parse_args(argv)
 
     from rlkv_edge import tasks as T
     from rlkv_edge.cli.options import default_model
+    from rlkv_edge.convert import convert_gguf
     from rlkv_edge.evaluate import load_reward, load_tasks, text_tokens
     from rlkv_edge.frontier import FrontierConfig, measure, render, to_json
+    from rlkv_edge.heads import HeadScores
 
     model = default_model()
     path = model.path
@@ -46,7 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         FrontierConfig("all-local S64/W1024 + q8_0/q4_0", "all-local+quant", path, 1.0, 64, 1024, **quant),
         FrontierConfig("all-local S64/W2048 + q8_0/q4_0", "all-local+quant", path, 1.0, 64, 2048, **quant),
     ]
+    if args.no_main:
+        configs = configs[:1]
     with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.random):  # the model re-converted with random head scores
+            dst = Path(tmp) / f"random-{seed}.rlkv.gguf"
+            scores = np.random.default_rng(seed).random((model.shape.n_layer, model.shape.n_head_kv))
+            convert_gguf(
+                path,
+                HeadScores(scores, sink_size=64, window_size=1024, method="random"),
+                dst,
+                progress=False,
+                force=True,
+            )
+            label = f"random-{seed} s=0.75 S64/W1024 + q8_0/q4_0"
+            configs.append(FrontierConfig(label, "random+quant", dst, 0.75, 64, 1024, **quant))
         problems = T.write_jsonl(T.problems_for(args.n, T.EVAL_SEED, 64, 2048), Path(tmp) / "recall.jsonl")
         tasks = load_tasks(str(problems))
         tokens = text_tokens(model, TEXT, 256)
