@@ -79,7 +79,7 @@ def test_state_roundtrip(tiny_paths, flash_attn, n_past):
     if n_past < 256:
         assert np.array_equal(a, b), np.abs(a - b).max()
     else:
-        assert rel_err(b, a) <= (REF_TOL if flash_attn else 1e-5) and np.array_equal(a.argmax(-1), b.argmax(-1))
+        assert rel_err(b, a) <= (1e-3 if flash_attn else 1e-5) and np.array_equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_context_shift(tiny_paths, weights):
