@@ -20,8 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 N_CTX = 8208
@@ -38,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from rlkv_edge import tasks as T
+    from rlkv_edge.cli.frontier import mask_files
     from rlkv_edge.cli.options import default_model
-    from rlkv_edge.convert import convert_gguf
     from rlkv_edge.evaluate import load_reward, load_tasks, text_tokens
     from rlkv_edge.frontier import FrontierConfig, measure, render, to_json
-    from rlkv_edge.heads import HeadScores
 
     model = default_model()
     path = model.path
@@ -57,18 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_main:
         configs = configs[:1]
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.random):  # the model re-converted with random head scores
-            dst = Path(tmp) / f"random-{seed}.rlkv.gguf"
-            scores = np.random.default_rng(seed).random((model.shape.n_layer, model.shape.n_head_kv))
-            convert_gguf(
-                path,
-                HeadScores(scores, sink_size=64, window_size=1024, method="random"),
-                dst,
-                progress=False,
-                force=True,
+        for label, _family, dst in mask_files(model, args.random, False, Path(tmp)):  # random head scores
+            configs.append(
+                FrontierConfig(f"{label} s=0.75 S64/W1024 + q8_0/q4_0", "random+quant", dst, 0.75, 64, 1024, **quant)
             )
-            label = f"random-{seed} s=0.75 S64/W1024 + q8_0/q4_0"
-            configs.append(FrontierConfig(label, "random+quant", dst, 0.75, 64, 1024, **quant))
         problems = T.write_jsonl(T.problems_for(args.n, T.EVAL_SEED, 64, 2048), Path(tmp) / "recall.jsonl")
         tasks = load_tasks(str(problems))
         tokens = text_tokens(model, TEXT, 256)

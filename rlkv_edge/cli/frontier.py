@@ -49,7 +49,7 @@ def _sink_windows(specs: list[str]) -> list[tuple[int, int]]:
     return out
 
 
-def _mask_files(model: ModelFile, n_random: int, uniform: bool, out_dir: Path) -> list[tuple[str, str, Path]]:
+def mask_files(model: ModelFile, n_random: int, uniform: bool, out_dir: Path) -> list[tuple[str, str, Path]]:
     """The model re-converted with random scores (one file per seed) and per-layer-uniform scores."""
     from rlkv_edge.convert import convert_gguf
     from rlkv_edge.heads import HeadScores
@@ -164,7 +164,7 @@ def frontier(
     n_ctx = max(len(tokens), depth + 512 if speed else 0, 2048 if task_list else 0) + 16
     log = None if as_json else progress
     with tempfile.TemporaryDirectory() as tmp:
-        masks = _mask_files(target, n_random, uniform, Path(tmp)) if target.converted else []
+        masks = mask_files(target, n_random, uniform, Path(tmp)) if target.converted else []
         composed = types if cache_types is not None else [t for t in COMPOSED if t in types]
         configs = _configs(target, types, composed, sparsities, sws, masks)
         points = measure(
