@@ -56,7 +56,7 @@ build_pid=$!
     step triton_tests 150 python3 -m pytest -q -p no:cacheprovider -m "" tests/train/test_train_triton.py
     step train_attention 200 python3 bench/train_attention.py --lengths 2048 4096 8192 16384 \
         --json "$out/train_attention.json"
-    step grpo_smoke 100 python3 "$(dirname "$0")/gpu_grpo_smoke.py"
+    step grpo_smoke 180 python3 "$(dirname "$0")/gpu_grpo_smoke.py"
     # (test_train_runtime_agree needs the native library: it runs after the build, below)
     step train_tests 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/train \
         --deselect tests/train/test_train_runtime_agree.py

@@ -241,8 +241,10 @@ if _HAVE_TRITON:
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries on a GPU; the first is the fixed default.
+# dK/dV leaves out 32 x 64 tiles: on an H200 (Triton 3.6) they gave dK 3-6% off the float64 reference at D = 128,
+# with any number of stages, while dV was right (tests/train/test_train_triton.py checks every config on a GPU).
 _FWD_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2)]
-_DKDV_CONFIGS = [(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (128, 64, 8, 3)]
+_DKDV_CONFIGS = [(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 4), (128, 64, 8, 3)]
 _DQ_CONFIGS = [(64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4), (128, 128, 8, 2)]
 
 if _HAVE_TRITON:
