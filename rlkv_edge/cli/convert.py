@@ -46,7 +46,12 @@ def convert(
         ),
     ] = None,
     calibrate_tokens: Annotated[
-        int, typer.Option("--calibrate-tokens", help="Tokens of the --calibrate text to use.")
+        int,
+        typer.Option(
+            "--calibrate-tokens",
+            help="Tokens of the --calibrate text to use. Calibrate near the context you will run: a short "
+            "calibration undervalues the window at long contexts (--kv-budget warns past twice its length).",
+        ),
     ] = 1024,
     threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
