@@ -23,8 +23,9 @@ SHORT_CALIBRATION = (
 )
 CALIBRATION_VERSION = 1
 
-# The grid `convert --calibrate` measures: every cache type at s = 0, then each sparsity × (S, W) × type.
-GRID_TYPES = ("f16", "q8_0", "q4_0")
+# The grid `convert --calibrate` measures: every K/V cache type pair at s = 0, then each sparsity × (S, W) × pair.
+# K q8_0 with V q4_0 is the mixed pair llama.cpp users pick (-ctk q8_0 -ctv q4_0): V tolerates 4 bits better than K.
+GRID_TYPES = (("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0"))
 GRID_SPARSITIES = (0.25, 0.5, 0.75, 1.0)
 GRID_SINK_WINDOWS = ((64, 256), (64, 1024))
 
@@ -68,11 +69,11 @@ class Calibration:
             raise MetadataError(f"{where}: invalid calibration ({exc})") from None
 
 
-def grid(sink: int, window: int) -> list[tuple[str, float, int, int]]:
-    """(cache type, sparsity, S, W) of every point `convert --calibrate` measures (the file's own S/W included)."""
+def grid(sink: int, window: int) -> list[tuple[str, str, float, int, int]]:
+    """(type K, type V, sparsity, S, W) of every point `convert --calibrate` measures (the file's S/W included)."""
     sws = list(dict.fromkeys([(sink, window), *GRID_SINK_WINDOWS]))
-    points = [(t, 0.0, sink, window) for t in GRID_TYPES]
-    points += [(t, s, sk, w) for s in GRID_SPARSITIES for sk, w in sws for t in GRID_TYPES]
+    points = [(tk, tv, 0.0, sink, window) for tk, tv in GRID_TYPES]
+    points += [(tk, tv, s, sk, w) for s in GRID_SPARSITIES for sk, w in sws for tk, tv in GRID_TYPES]
     return points
 
 

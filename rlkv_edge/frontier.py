@@ -237,6 +237,11 @@ def plot(points: Sequence[FrontierPoint], path: str | os.PathLike[str], title: s
     plt.close(fig)
 
 
+def _types(type_k: str, type_v: str) -> str:
+    """The pair as the frontier spells --cache-type: q8_0 when K and V are both q8_0, q8_0/q4_0 when mixed."""
+    return type_k if type_k == type_v else f"{type_k}/{type_v}"
+
+
 def calibrate(
     path: Path,
     tokens: Sequence[int],
@@ -244,18 +249,21 @@ def calibrate(
     sink: int,
     window: int,
     text_name: str,
-    points: Sequence[tuple[str, float, int, int]] | None = None,
+    points: Sequence[tuple[str, str, float, int, int]] | None = None,
     n_threads: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Calibration:
-    """Mean KL(f16 full ‖ point) and top-1 on `tokens` for every (cache type, s, S, W) point (default: `grid`
+    """Mean KL(f16 full ‖ point) and top-1 on `tokens` for every (type K, type V, s, S, W) point (default: `grid`
     around the file's S/W), in this process; the f16 full cache is the reference."""
     todo = list(points if points is not None else grid(sink, window))
-    ref = ("f16", 0.0, sink, window)
+    ref = ("f16", "f16", 0.0, sink, window)
     if ref in todo:
         todo.remove(ref)
     todo.insert(0, ref)
-    configs = [FrontierConfig(f"{t} s={s:g} S{sk}/W{w}", "calibration", path, s, sk, w, t, t) for t, s, sk, w in todo]
+    configs = [
+        FrontierConfig(f"{_types(tk, tv)} s={s:g} S{sk}/W{w}", "calibration", path, s, sk, w, tk, tv)
+        for tk, tv, s, sk, w in todo
+    ]
     measured = measure(configs, tokens, n_ctx=len(tokens) + 16, depth=None, n_threads=n_threads, log=log)
     out = [
         CalibrationPoint(

@@ -40,8 +40,8 @@ def convert(
         Path | None,
         typer.Option(
             "--calibrate",
-            help="A UTF-8 text: measure KL and top-1 on it for every KV cache type x sparsity x sink/window of the "
-            "calibration grid and store them in the GGUF (rlkv.calibration); --kv-budget then picks the best point "
+            help="A UTF-8 text: measure KL and top-1 on it for every K/V cache type pair (f16, q8_0, q8_0/q4_0, "
+            "q4_0) x sparsity x sink/window of the calibration grid and store them in the GGUF (rlkv.calibration); --kv-budget then picks the best point "
             "that fits. Minutes on a CPU.",
         ),
     ] = None,

@@ -36,10 +36,12 @@ def test_calibration_is_stored(calibrated: Path) -> None:
     assert cal is not None and cal.n_tokens == 64 and cal.text == "text.txt"
     ref = cal.points[0]
     assert (ref.type_k, ref.sparsity, ref.mean_kl, ref.top1) == ("f16", 0.0, 0.0, 1.0)
-    assert len(cal.points) == len(grid(4, 16)) == 39 and {p.type_k for p in cal.points} == {"f16", "q8_0", "q4_0"}
-    by = {(p.type_k, p.sparsity, p.sink, p.window): p for p in cal.points}
+    assert len(cal.points) == len(grid(4, 16)) == 52
+    pairs = {("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0")}
+    assert {(p.type_k, p.type_v) for p in cal.points} == pairs
+    by = {(p.type_k, p.type_v, p.sparsity, p.sink, p.window): p for p in cal.points}
     # the measurements mean something: all-local with the file's small window is worse than q8_0 full
-    assert by[("f16", 1.0, 4, 16)].mean_kl > by[("q8_0", 0.0, 4, 16)].mean_kl >= 0
+    assert by[("f16", "f16", 1.0, 4, 16)].mean_kl > by[("q8_0", "q8_0", 0.0, 4, 16)].mean_kl >= 0
     r = run_cli("inspect", str(calibrated), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["calibration"]
 
@@ -90,7 +92,7 @@ def test_kv_budget_on_smollm2_with_a_stored_calibration(tmp_path: Path) -> None:
     r = run_cli(*args, "--calibrate", str(tmp_path / "text.txt"), "--calibrate-tokens", "256", "-t", "2", timeout=900)
     assert r.returncode == 0, r.stderr
     model = read_model(out)
-    assert model.calibration is not None and len(model.calibration.points) == 27
+    assert model.calibration is not None and len(model.calibration.points) == 36
     n_ctx = 8192
     for budget in ("100MiB", "60MiB", "40MiB"):
         choice = choose_config(model.info, model.calibration, parse_size(budget), n_ctx)

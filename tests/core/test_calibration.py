@@ -76,8 +76,9 @@ def test_fixed_flags_restrict_the_choice_and_nothing_fits() -> None:
 
 def test_grid_measures_every_type_at_s0_and_the_files_sink_window() -> None:
     g = grid(4, 16)
-    assert [p for p in g if p[1] == 0.0] == [("f16", 0.0, 4, 16), ("q8_0", 0.0, 4, 16), ("q4_0", 0.0, 4, 16)]
-    assert ("q8_0", 0.5, 4, 16) in g and ("q8_0", 0.5, 64, 1024) in g and len(g) == len(set(g))
+    at_s0 = [("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0")]
+    assert [p for p in g if p[2] == 0.0] == [(k, v, 0.0, 4, 16) for k, v in at_s0]
+    assert ("q8_0", "q8_0", 0.5, 4, 16) in g and ("q8_0", "q4_0", 0.5, 64, 1024) in g and len(g) == len(set(g))
 
 
 def test_a_short_calibration_is_said() -> None:
