@@ -41,8 +41,8 @@ def convert(
         typer.Option(
             "--calibrate",
             help="A UTF-8 text: measure KL and top-1 on it for every K/V cache type pair (f16, q8_0, q8_0/q4_0, "
-            "q4_0) x sparsity x sink/window of the calibration grid and store them in the GGUF (rlkv.calibration); --kv-budget then picks the best point "
-            "that fits. Minutes on a CPU.",
+            "q4_0) x sparsity x sink/window of the calibration grid and store them in the GGUF (rlkv.calibration); "
+            "--kv-budget then picks the best point that fits. Minutes on a CPU.",
         ),
     ] = None,
     calibrate_tokens: Annotated[
