@@ -26,7 +26,7 @@ from rlkv_edge.memory import MIB, choose_sparsity
 from rlkv_edge.models import bundled_model_path, default_heads_path, read_model
 
 RLKV_EDGE = str(Path(sys.executable).parent / "rlkv-edge")
-BUDGETS_MIB = (150, 100, 60, 40, 25, 15)
+BUDGETS_MIB = (150, 100, 80, 60, 40, 30, 25, 15)
 
 
 def main() -> None:
