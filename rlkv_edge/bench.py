@@ -14,10 +14,12 @@ alone predicts, printed beside the measured one.
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,22 @@ class BenchConfig:
     model: ModelFile | None = None  # the file's header, when the caller has read it already
     type_k: str | None = None
     type_v: str | None = None
+    env: dict[str, str] | None = None  # environment while it runs, e.g. {"RLKV_DECODE_ATTN": "0"}
+
+
+@contextmanager
+def _environment(env: dict[str, str] | None) -> Iterator[None]:
+    """Set `env` for the block (the native library reads it when it builds a graph), then restore it."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass
@@ -270,22 +288,23 @@ def run_bench(
                 at = f" at s={cfg.sparsity:g}" if cfg.sparsity is not None else ""
                 log(f"{cfg.label}: loading {cfg.path.name}{at}" + (f" (rep {rep + 1}/{reps})" if reps > 1 else ""))
             tk, tv = cfg.type_k or type_k, cfg.type_v or type_v
-            llm = open_model(
-                files[cfg.path],
-                n_ctx=n_ctx,
-                sparsity=cfg.sparsity,
-                n_gpu_layers=n_gpu_layers,
-                type_k=tk,
-                type_v=tv,
-                **kwargs,
-            )
-            try:
-                inf = runtime.info(llm)
-                full, local = runtime.kv_bytes(llm)
-                ring = runtime.kv_cells(llm)[1]
-                pp, tg = bench_loaded(llm, depths, n_pp=n_pp, n_tg=n_tg, reps=1, fill=fill)
-            finally:
-                llm.close()
+            with _environment(cfg.env):
+                llm = open_model(
+                    files[cfg.path],
+                    n_ctx=n_ctx,
+                    sparsity=cfg.sparsity,
+                    n_gpu_layers=n_gpu_layers,
+                    type_k=tk,
+                    type_v=tv,
+                    **kwargs,
+                )
+                try:
+                    inf = runtime.info(llm)
+                    full, local = runtime.kv_bytes(llm)
+                    ring = runtime.kv_cells(llm)[1]
+                    pp, tg = bench_loaded(llm, depths, n_pp=n_pp, n_tg=n_tg, reps=1, fill=fill)
+                finally:
+                    llm.close()
             for d in depths:
                 pp_runs[i][d] += pp[d]
                 tg_runs[i][d] += tg[d]

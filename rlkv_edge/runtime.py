@@ -94,6 +94,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     ]
     lib.llama_rlkv_fill_seq.restype = ctypes.c_int32
     lib.llama_rlkv_fill_seq.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32]
+    lib.llama_rlkv_grouped_decode.restype = ctypes.c_bool
+    lib.llama_rlkv_grouped_decode.argtypes = []
     lib._rlkv_bound = True  # type: ignore[attr-defined]
     return lib
 
@@ -271,6 +273,12 @@ def fill_seq(llm: Any, n_tokens: int, seq_id: int = 0) -> None:
             -2: "a ubatch could not be applied",
         }.get(rc, "invalid input")
         raise RlkvError(f"could not fill sequence {seq_id} with {n_tokens} positions: {what}")
+
+
+def grouped_decode() -> bool:
+    """Whether decoded tokens read each K/V row of a CPU cache once per GQA group (native/rlkv/rlkv-decode.h);
+    False without AVX2/FMA/F16C or with RLKV_DECODE_ATTN=0 in the environment."""
+    return bool(native().llama_rlkv_grouped_decode())
 
 
 def full_head_mask_native(scores: Any, sparsity: float) -> tuple[int, Any]:

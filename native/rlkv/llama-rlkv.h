@@ -16,6 +16,8 @@
 //                              the cells held, zeros in a fresh context: speed, not quality).
 //   llama_rlkv_n_full_heads()  the pure mask rule of docs/DESIGN.md §2 (same as rlkv_edge/masks.py): F_l per layer and,
 //                              optionally, the [L*H] 0/1 mask of full heads, for any scores (not only sorted ones).
+//   llama_rlkv_grouped_decode() whether a decoded token's attention over an F16 cache in host memory reads each K/V
+//                              row once per GQA group (native/rlkv/rlkv-decode.h) rather than once per query head.
 #pragma once
 
 #include "llama.h"
@@ -70,6 +72,9 @@ LLAMA_API int32_t llama_rlkv_fill_seq(
         struct llama_context * ctx,
         llama_seq_id           seq_id,
         int32_t                n_tokens);
+
+// true on x86-64 with AVX2/FMA/F16C unless the environment has RLKV_DECODE_ATTN=0 (read when a graph is built)
+LLAMA_API bool llama_rlkv_grouped_decode(void);
 
 // scores: [n_layer*n_head_kv] layer-major; n_full_per_layer: [n_layer] (may be NULL); full_mask: [n_layer*n_head_kv]
 // (may be NULL), 1 = full head. returns k_full (number of full heads), or -1 on invalid input

@@ -2,6 +2,7 @@
 #include "llama-rlkv.h"
 #include "rlkv-meta.h"
 #include "llama-kv-cache-rlkv.h"
+#include "rlkv-decode.h"
 
 #include "llama-model.h"
 #include "llama-context.h"
@@ -155,4 +156,8 @@ int32_t llama_rlkv_n_full_heads(
         int32_t     * n_full_per_layer,
         int8_t      * full_mask) {
     return (int32_t) llama_rlkv_mask_rule(sparsity, scores, n_layer, n_head_kv, n_full_per_layer, full_mask);
+}
+
+bool llama_rlkv_grouped_decode(void) {
+    return llama_rlkv_decode_attn_enabled();
 }

@@ -4,6 +4,7 @@
 // two outputs are concatenated along the head dimension before wo. Layers with one kind of head use one call.
 #include "rlkv-hooks.h"
 #include "llama-kv-cache-rlkv.h"
+#include "rlkv-decode.h"
 
 #include "llama-impl.h"
 #include "llama-graph.h"
@@ -11,6 +12,7 @@
 #include "llama-batch.h"
 
 #include <stdexcept>
+#include <vector>
 
 class llm_graph_input_attn_kv_rlkv : public llm_graph_input_attn_kv {
 public:
@@ -19,6 +21,7 @@ public:
             const llama_cparams & cparams,
             const llama_kv_cache_rlkv_context * mctx_rlkv) :
         llm_graph_input_attn_kv(hparams, cparams, mctx_rlkv->get_full()),
+        kq_scale(hparams.n_layer(), 0.0f),
         mctx_rlkv(mctx_rlkv) {
     }
 
@@ -33,6 +36,9 @@ public:
 
     // the Hadamard rotations (the same for both caches) come from this one
     bool rot_from_local = false;
+
+    // per layer: the grouped decode path (rlkv-decode.h) reads its scale from here while the graph runs
+    std::vector<float> kq_scale;
 
     const llama_kv_cache_rlkv_context * mctx_rlkv;
 };
@@ -230,6 +236,10 @@ ggml_tensor * llama_rlkv_build_attn(
     const auto * full  = inp->mctx_rlkv->get_full();
     const auto * local = inp->mctx_rlkv->get_local();
 
+    // one decoded token on the CPU: each K/V row read once per GQA group instead of once per query head
+    inp->kq_scale[il] = kq_scale;
+    const bool grouped_decode = g.cparams.flash_attn && !g.hparams.attn_soft_cap && g.hparams.f_max_alibi_bias == 0.0f;
+
     auto attend = [&](const llama_kv_cache_context * c, ggml_tensor * k_idxs, ggml_tensor * v_idxs, ggml_tensor * mask,
                       ggml_tensor * q, ggml_tensor * k, ggml_tensor * v) {
         GGML_ASSERT(c != nullptr);
@@ -238,6 +248,12 @@ ggml_tensor * llama_rlkv_build_attn(
 
         ggml_tensor * kk = c->get_k(ctx0, il);
         ggml_tensor * vv = c->get_v(ctx0, il);
+
+        if (grouped_decode) {
+            if (ggml_tensor * cur = llama_rlkv_build_decode_attn(ctx0, q, kk, vv, mask, &inp->kq_scale[il], g.cparams.n_threads)) {
+                return cur;
+            }
+        }
 
         return g.build_attn_mha(q, kk, vv, nullptr, mask, nullptr, nullptr, 0, kq_scale, il);
     };

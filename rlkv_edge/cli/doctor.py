@@ -29,6 +29,14 @@ def doctor() -> None:
         for dev in _native.devices():
             memory = f", {dev.free / 2**30:.1f}/{dev.total / 2**30:.1f} GiB free" if dev.total else ""
             table.add_row(f"device {dev.name}", f"{dev.description} ({dev.type}{memory})")
+        from rlkv_edge.runtime import grouped_decode
+
+        table.add_row(
+            "decode attention",
+            "grouped: each K/V row read once per GQA group (CPU cache, f16 K/V)"
+            if grouped_decode()
+            else "ggml flash attention (no AVX2/FMA/F16C, or RLKV_DECODE_ATTN=0)",
+        )
         if not _native.gpu_devices():
             table.add_row("offload", "no GPU device: -ngl has nothing to offload to (CPU only)")
         for name in TOOLS.values():

@@ -7,8 +7,10 @@ from __future__ import annotations
 import llama_cpp
 import numpy as np
 import pytest
+from gguf_fixtures import write_tiny_gguf
 from reference import RefModel
 from tiny_runtime import (
+    N_GPU_LAYERS,
     N_TOK,
     N_VOCAB,
     REF_TOL,
@@ -16,12 +18,14 @@ from tiny_runtime import (
     WINDOW,
     eval_tokens,
     load,
+    make_weights,
     model_info,
     random_tokens,
     rel_err,
+    write_gguf,
 )
 
-from rlkv_edge.runtime import kv_bytes, kv_cells
+from rlkv_edge.runtime import grouped_decode, kv_bytes, kv_cells
 
 
 @pytest.mark.parametrize("key", ["s50", "s75", "s100"])
@@ -50,6 +54,41 @@ def test_reference_logits(tiny_paths, weights, key, flash_attn, mode):
     assert err <= REF_TOL, err
     # the test has teeth: the local rule changes the logits far more than the tolerance
     assert rel_err(full, ref) > 1e-2
+
+
+@pytest.mark.skipif(N_GPU_LAYERS > 0, reason="the grouped decode path serves caches in host memory only")
+@pytest.mark.parametrize("n_head, d", [(4, 16), (8, 24)])  # GQA groups of 2 and 4; D = 24 ends in a half vector
+@pytest.mark.parametrize("s", [0.5, 1.0])
+def test_grouped_decode_matches_reference(tmp_path, monkeypatch, n_head, d, s):
+    """Token by token with flash attention and an F16 cache, 700 tokens (the ring wraps, the full cache splits
+    into chunks): the grouped decode path (native/rlkv/rlkv-decode.cpp) and ggml's flash attention
+    (RLKV_DECODE_ATTN=0) both match the float64 reference. The grouped path sums V rows in F32 and ggml in F16,
+    so their logits differ; equal ones would mean the grouped path never ran."""
+    if not grouped_decode():
+        pytest.skip("this CPU lacks AVX2/FMA/F16C: the grouped decode path is off")
+    from rlkv_edge.masks import full_heads_per_layer
+
+    w = make_weights(seed=4, n_head=n_head, n_head_kv=2, head_dim=d, n_embd=n_head * d)
+    model = write_tiny_gguf(
+        tmp_path / "plain.gguf", n_head=n_head, n_head_kv=2, head_dim=d, weights=w, name="tiny-gqa", add_bos=False
+    )
+    scores = np.array([[0.9, 0.2], [0.5, 0.1]], dtype=np.float32)
+    path = write_gguf(tmp_path / "rlkv.gguf", model, rlkv=dict(scores=scores, sparsity=s, sink=SINK, window=WINDOW))
+    n_full = full_heads_per_layer(scores, s)
+    toks = random_tokens(700, seed=21)
+    ref = RefModel(model, n_full=n_full, sink=SINK, window=WINDOW).forward(toks, np.arange(len(toks)))
+
+    got = {}
+    for env in ("1", "0"):
+        monkeypatch.setenv("RLKV_DECODE_ATTN", env)
+        assert grouped_decode() == (env == "1")  # only "0" turns it off
+        llm = load(path, n_ctx=1024, n_batch=8, n_ubatch=8, type_k=1, type_v=1)  # F16 K/V
+        got[env] = eval_tokens(llm, toks, one_by_one=True)
+        llm.close()
+    for env, logits in got.items():
+        assert rel_err(logits, ref) <= REF_TOL, (env, rel_err(logits, ref))
+    assert not np.array_equal(got["1"], got["0"])
+    assert rel_err(RefModel(model).forward(toks, np.arange(len(toks))), ref) > 1e-2  # the local rule matters
 
 
 @pytest.mark.parametrize("flash_attn", [True, False])

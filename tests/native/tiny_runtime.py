@@ -111,8 +111,11 @@ REF_TOL = 1e-3 if N_GPU_LAYERS == 0 else 3e-3
 
 
 def load(path, *, n_ctx=512, n_batch=512, n_ubatch=512, flash_attn=True, logits_all=True, **kw):
-    """The tiny model through llama-cpp-python: F16 KV cache, 2 threads, N_GPU_LAYERS offloaded."""
+    """The tiny model through llama-cpp-python: F32 KV cache (type 0; type_k/type_v=1 for F16), 2 threads,
+    N_GPU_LAYERS offloaded."""
     kw.setdefault("n_gpu_layers", N_GPU_LAYERS)
+    kw.setdefault("type_k", 0)
+    kw.setdefault("type_v", 0)
     return llama_cpp.Llama(
         model_path=str(path),
         n_ctx=n_ctx,
@@ -120,8 +123,6 @@ def load(path, *, n_ctx=512, n_batch=512, n_ubatch=512, flash_attn=True, logits_
         n_ubatch=n_ubatch,
         flash_attn=flash_attn,
         logits_all=logits_all,
-        type_k=0,
-        type_v=0,
         verbose=False,
         n_threads=2,
         seed=0,

@@ -1,0 +1,348 @@
+// rlkv-edge: grouped decode attention on the CPU (see rlkv-decode.h).
+#include "rlkv-decode.h"
+
+#include "ggml-backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define RLKV_DECODE_X86 1
+#define RLKV_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define RLKV_DECODE_X86 0
+#endif
+
+#if RLKV_DECODE_X86
+namespace {
+
+constexpr int64_t RLKV_DECODE_BLOCK      = 32;  // cells scored before their V rows are summed
+constexpr int64_t RLKV_DECODE_CHUNK_MIN  = 256; // fewest cells worth a chunk of their own
+constexpr int64_t RLKV_DECODE_D_MAX      = 512;
+
+bool rlkv_is_host(const ggml_tensor * t) {
+    while (t->view_src) {
+        t = t->view_src;
+    }
+    return t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer);
+}
+
+RLKV_AVX2 inline float rlkv_hsum(__m256 x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// y = y*a; n % 8 == 0
+RLKV_AVX2 void rlkv_scale(float * y, float a, int64_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 8) {
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), va));
+    }
+}
+
+// 8 F16 values as F32
+RLKV_AVX2 inline __m256 rlkv_load_f16(const ggml_fp16_t * p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p));
+}
+
+// per-thread scratch, sized for the largest group seen
+struct rlkv_decode_scratch {
+    std::vector<float> acc;    // [gq, D]     unnormalised sum of V rows, per query head
+    std::vector<float> score;  // [gq, BLOCK] scores of a block, then their softmax weights
+    std::vector<float> m;      // [gq]        running max score
+    std::vector<float> s;      // [gq]        running sum of weights
+    std::vector<int64_t> cell; // [BLOCK]     the block's cells that are not masked
+    std::vector<float> mv;     // [BLOCK]     their mask values
+
+    void reserve(int64_t gq, int64_t D) {
+        acc.resize(gq*D);
+        score.resize(gq*RLKV_DECODE_BLOCK);
+        m.resize(gq);
+        s.resize(gq);
+        cell.resize(RLKV_DECODE_BLOCK);
+        mv.resize(RLKV_DECODE_BLOCK);
+    }
+};
+
+// scores of n cells for the N query heads q[0, N) (rows q_nb1 bytes apart): each K row is loaded once and dotted
+// with all N, the N sums kept in registers; score[n*B + j] = q_n . k_j * scale + mv_j
+template <int N>
+RLKV_AVX2 void rlkv_scores(const char * q, size_t q_nb1, const char * k_h, size_t k_nb2, const int64_t * cell,
+        const float * mv, int64_t n, int64_t D, float scale, float * score) {
+    for (int64_t j = 0; j < n; ++j) {
+        const auto * kr = (const ggml_fp16_t *) (k_h + cell[j]*k_nb2);
+        __m256 acc[N];
+        for (int g = 0; g < N; ++g) {
+            acc[g] = _mm256_setzero_ps();
+        }
+        for (int64_t d = 0; d < D; d += 8) {
+            const __m256 kv = rlkv_load_f16(kr + d);
+            for (int g = 0; g < N; ++g) {
+                acc[g] = _mm256_fmadd_ps(kv, _mm256_loadu_ps((const float *) (q + g*q_nb1) + d), acc[g]);
+            }
+        }
+        for (int g = 0; g < N; ++g) {
+            score[g*RLKV_DECODE_BLOCK + j] = rlkv_hsum(acc[g])*scale + mv[j];
+        }
+    }
+}
+
+// acc[g] += sum_j p[g*B + j] * v_j for the N query heads: 8 columns at a time, the N sums kept in registers while
+// the block's V rows (in L1 after the first pass) go by
+template <int N>
+RLKV_AVX2 void rlkv_values(const char * v_h, size_t v_nb2, const int64_t * cell, int64_t n, int64_t D,
+        const float * p, float * acc) {
+    for (int64_t d = 0; d < D; d += 8) {
+        __m256 a[N];
+        for (int g = 0; g < N; ++g) {
+            a[g] = _mm256_loadu_ps(acc + g*D + d);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const __m256 vv = rlkv_load_f16((const ggml_fp16_t *) (v_h + cell[j]*v_nb2) + d);
+            for (int g = 0; g < N; ++g) {
+                a[g] = _mm256_fmadd_ps(vv, _mm256_broadcast_ss(p + g*RLKV_DECODE_BLOCK + j), a[g]);
+            }
+        }
+        for (int g = 0; g < N; ++g) {
+            _mm256_storeu_ps(acc + g*D + d, a[g]);
+        }
+    }
+}
+
+// the query heads of a group in sub-groups of N = 8, 4, 2 or 1 (the largest that divides gq)
+template <typename F>
+void rlkv_for_subgroups(int64_t gq, F && f) {
+    const int N = gq % 8 == 0 ? 8 : gq % 4 == 0 ? 4 : gq % 2 == 0 ? 2 : 1;
+    for (int64_t g0 = 0; g0 < gq; g0 += N) {
+        f(g0, N);
+    }
+}
+
+// KV head h over cells [c0, c1): writes [M, S, acc[D]] of its gq query heads to out (query heads out_stride apart)
+RLKV_AVX2 void rlkv_decode_item(
+        const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v, const ggml_tensor * mask,
+        float scale, int64_t h, int64_t c0, int64_t c1, float * out, int64_t out_stride, rlkv_decode_scratch & w) {
+    const int64_t D  = k->ne[0];
+    const int64_t gq = q->ne[1]/k->ne[1];
+    constexpr int64_t B = RLKV_DECODE_BLOCK;
+
+    w.reserve(gq, D);
+    float * acc   = w.acc.data();
+    float * score = w.score.data();
+    std::fill(w.acc.begin(), w.acc.end(), 0.0f);
+    std::fill(w.m.begin(), w.m.end(), -INFINITY);
+    std::fill(w.s.begin(), w.s.end(), 0.0f);
+
+    const auto * mp  = (const ggml_fp16_t *) mask->data; // row 0: the one token
+    const char * q_h = (const char *) q->data + h*gq*q->nb[1];
+    const char * k_h = (const char *) k->data + h*k->nb[1];
+    const char * v_h = (const char *) v->data + h*v->nb[1];
+    const size_t line_bytes = 64;
+
+    for (int64_t b0 = c0; b0 < c1; b0 += B) {
+        // the block's visible cells: masked ones are never loaded
+        int64_t n = 0;
+        for (int64_t c = b0; c < std::min(c1, b0 + B); ++c) {
+            const float mv = _cvtsh_ss(mp[c]);
+            if (mv != -INFINITY) {
+                w.cell[n] = c;
+                w.mv[n]   = mv;
+                ++n;
+                const char * vr = v_h + c*v->nb[2];
+                for (size_t o = 0; o < D*sizeof(ggml_fp16_t); o += line_bytes) {
+                    _mm_prefetch(vr + o, _MM_HINT_T0); // wanted after the scores
+                }
+            }
+        }
+        if (n == 0) {
+            continue;
+        }
+
+        rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
+            const char * qg = q_h + g0*q->nb[1];
+            float      * sg = score + g0*B;
+            switch (N) {
+                case 8:  rlkv_scores<8>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                case 4:  rlkv_scores<4>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                case 2:  rlkv_scores<2>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                default: rlkv_scores<1>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+            }
+        });
+
+        // online softmax per query head: the running sums are rescaled once per block
+        for (int64_t g = 0; g < gq; ++g) {
+            float * sg = score + g*B;
+            float bm = -INFINITY;
+            for (int64_t j = 0; j < n; ++j) {
+                bm = std::max(bm, sg[j]);
+            }
+            const float m_new = std::max(w.m[g], bm);
+            const float ms    = std::exp(w.m[g] - m_new); // 0 while nothing was seen before
+            if (ms != 1.0f) {
+                rlkv_scale(acc + g*D, ms, D);
+                w.s[g] *= ms;
+            }
+            for (int64_t j = 0; j < n; ++j) {
+                sg[j] = std::exp(sg[j] - m_new);
+                w.s[g] += sg[j];
+            }
+            w.m[g] = m_new;
+        }
+
+        rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
+            const float * pg = score + g0*B;
+            float       * ag = acc + g0*D;
+            switch (N) {
+                case 8:  rlkv_values<8>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                case 4:  rlkv_values<4>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                case 2:  rlkv_values<2>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                default: rlkv_values<1>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+            }
+        });
+    }
+
+    for (int64_t g = 0; g < gq; ++g) {
+        float * o = out + g*out_stride;
+        o[0] = w.m[g];
+        o[1] = w.s[g];
+        std::memcpy(o + 2, acc + g*D, D*sizeof(float));
+    }
+}
+
+// graph node 1: dst [D + 2, n_q_heads, n_chunks]; work items (KV head, chunk) dealt round-robin to the threads
+void rlkv_decode_partials(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const ggml_tensor * q    = dst->src[0];
+    const ggml_tensor * k    = dst->src[1];
+    const ggml_tensor * v    = dst->src[2];
+    const ggml_tensor * mask = dst->src[3];
+
+    const float   scale    = *(const float *) userdata;
+    const int64_t n_kv     = k->ne[2];
+    const int64_t n_head   = k->ne[1];
+    const int64_t gq       = q->ne[1]/n_head;
+    const int64_t n_chunks = dst->ne[2];
+    const int64_t chunk    = (n_kv + n_chunks - 1)/n_chunks;
+
+    thread_local rlkv_decode_scratch w;
+
+    for (int64_t i = ith; i < n_head*n_chunks; i += nth) {
+        const int64_t h  = i/n_chunks;
+        const int64_t c  = i%n_chunks;
+        const int64_t c0 = std::min(n_kv, c*chunk);
+        const int64_t c1 = std::min(n_kv, c0 + chunk);
+
+        float * out = (float *) ((char *) dst->data + h*gq*dst->nb[1] + c*dst->nb[2]);
+        rlkv_decode_item(q, k, v, mask, scale, h, c0, c1, out, dst->nb[1]/sizeof(float), w);
+    }
+}
+
+// graph node 2: dst [D, n_q_heads, 1] from the partials [D + 2, n_q_heads, n_chunks]
+void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
+    const ggml_tensor * p = dst->src[0];
+
+    const int64_t D        = dst->ne[0];
+    const int64_t n_q      = dst->ne[1];
+    const int64_t n_chunks = p->ne[2];
+
+    auto part = [&](int64_t c, int64_t g) {
+        return (const float *) ((const char *) p->data + g*p->nb[1] + c*p->nb[2]);
+    };
+
+    for (int64_t g = ith; g < n_q; g += nth) {
+        float * o = (float *) ((char *) dst->data + g*dst->nb[1]);
+        std::fill(o, o + D, 0.0f);
+
+        float m = -INFINITY;
+        for (int64_t c = 0; c < n_chunks; ++c) {
+            m = std::max(m, part(c, g)[0]);
+        }
+        if (m == -INFINITY) {
+            continue; // every cell masked: zeros, as ggml's flash attention
+        }
+        float s = 0.0f;
+        for (int64_t c = 0; c < n_chunks; ++c) {
+            const float * pc = part(c, g);
+            if (pc[0] == -INFINITY) {
+                continue;
+            }
+            const float w = std::exp(pc[0] - m);
+            s += w*pc[1];
+            for (int64_t d = 0; d < D; ++d) {
+                o[d] += w*pc[2 + d];
+            }
+        }
+        const float inv = s == 0.0f ? 0.0f : 1.0f/s;
+        for (int64_t d = 0; d < D; ++d) {
+            o[d] *= inv;
+        }
+    }
+}
+
+} // namespace
+#endif // RLKV_DECODE_X86
+
+bool llama_rlkv_decode_attn_enabled() {
+#if RLKV_DECODE_X86
+    const char * env = std::getenv("RLKV_DECODE_ATTN");
+    if (env && std::strcmp(env, "0") == 0) {
+        return false;
+    }
+    static const bool cpu_ok =
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return cpu_ok;
+#else
+    return false;
+#endif
+}
+
+ggml_tensor * llama_rlkv_build_decode_attn(
+        ggml_context * ctx,
+        ggml_tensor  * q,
+        ggml_tensor  * k,
+        ggml_tensor  * v,
+        ggml_tensor  * kq_mask,
+        const float  * kq_scale,
+        int            n_threads) {
+#if RLKV_DECODE_X86
+    if (!llama_rlkv_decode_attn_enabled() || kq_mask == nullptr) {
+        return nullptr;
+    }
+    const int64_t D = k->ne[0];
+    const bool covered =
+        q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F16 && v->type == GGML_TYPE_F16 &&
+        kq_mask->type == GGML_TYPE_F16 &&
+        q->ne[0] == D && v->ne[0] == D && D % 8 == 0 && D <= RLKV_DECODE_D_MAX &&
+        q->ne[2] == 1 && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1 &&             // one token, one stream
+        v->ne[1] == k->ne[1] && v->ne[2] == k->ne[2] && q->ne[1] % k->ne[1] == 0 &&
+        q->nb[0] == sizeof(float) && k->nb[0] == sizeof(ggml_fp16_t) && v->nb[0] == sizeof(ggml_fp16_t) &&
+        v->nb[1] <= v->nb[2] &&                                                         // V not transposed
+        kq_mask->ne[0] >= k->ne[2] &&
+        rlkv_is_host(k) && rlkv_is_host(v);
+    if (!covered) {
+        return nullptr;
+    }
+
+    const int64_t n_q      = q->ne[1];
+    const int64_t n_chunks = std::clamp<int64_t>(k->ne[2]/RLKV_DECODE_CHUNK_MIN, 1, std::max(1, n_threads));
+
+    ggml_tensor * args[] = { q, k, v, kq_mask };
+    ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, D + 2, n_q, n_chunks, 1, args, 4,
+            rlkv_decode_partials, GGML_N_TASKS_MAX, (void *) kq_scale);
+    ggml_set_name(part, "rlkv_decode_partials");
+
+    ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, n_q, 1, 1, &part, 1,
+            rlkv_decode_merge, GGML_N_TASKS_MAX, nullptr);
+    ggml_set_name(out, "rlkv_decode_attn");
+
+    return ggml_reshape_2d(ctx, out, D*n_q, 1);
+#else
+    (void) ctx; (void) q; (void) k; (void) v; (void) kq_mask; (void) kq_scale; (void) n_threads;
+    return nullptr;
+#endif
+}
