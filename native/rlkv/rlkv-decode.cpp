@@ -22,6 +22,7 @@ namespace {
 
 constexpr int64_t RLKV_DECODE_BLOCK      = 32;  // cells scored before their V rows are summed
 constexpr int64_t RLKV_DECODE_CHUNK_MIN  = 256; // fewest cells worth a chunk of their own
+constexpr int     RLKV_DECODE_CHUNKS_PER_THREAD = 4; // chunks per thread at most (ring chunks see unequal numbers of cells)
 constexpr int64_t RLKV_DECODE_D_MAX      = 512;
 
 bool rlkv_is_host(const ggml_tensor * t) {
@@ -51,20 +52,20 @@ RLKV_AVX2 inline __m256 rlkv_load_f16(const ggml_fp16_t * p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p));
 }
 
-// per-thread scratch, sized for the largest group seen
+// per-thread scratch, sized for the largest layer seen
 struct rlkv_decode_scratch {
-    std::vector<float> acc;    // [gq, D]     unnormalised sum of V rows, per query head
-    std::vector<float> score;  // [gq, BLOCK] scores of a block, then their softmax weights
-    std::vector<float> m;      // [gq]        running max score
-    std::vector<float> s;      // [gq]        running sum of weights
+    std::vector<float> acc;    // [n_q, D]    unnormalised sum of V rows, per query head
+    std::vector<float> m;      // [n_q]       running max score
+    std::vector<float> s;      // [n_q]       running sum of weights
+    std::vector<float> score;  // [gq, BLOCK] one KV head's scores of a block, then their softmax weights
     std::vector<int64_t> cell; // [BLOCK]     the block's cells that are not masked
     std::vector<float> mv;     // [BLOCK]     their mask values
 
-    void reserve(int64_t gq, int64_t D) {
-        acc.resize(gq*D);
+    void reserve(int64_t n_q, int64_t gq, int64_t D) {
+        acc.resize(n_q*D);
+        m.resize(n_q);
+        s.resize(n_q);
         score.resize(gq*RLKV_DECODE_BLOCK);
-        m.resize(gq);
-        s.resize(gq);
         cell.resize(RLKV_DECODE_BLOCK);
         mv.resize(RLKV_DECODE_BLOCK);
     }
@@ -124,98 +125,131 @@ void rlkv_for_subgroups(int64_t gq, F && f) {
     }
 }
 
-// KV head h over cells [c0, c1): writes [M, S, acc[D]] of its gq query heads to out (query heads out_stride apart)
-RLKV_AVX2 void rlkv_decode_item(
+// the visible (not masked) cells of [b0, b1) into cell/mv; returns their count
+RLKV_AVX2 int64_t rlkv_visible(const ggml_fp16_t * mp, int64_t b0, int64_t b1, int64_t * cell, float * mv) {
+    int64_t n = 0;
+    for (int64_t c = b0; c < b1; ++c) {
+        const float x = _cvtsh_ss(mp[c]);
+        if (x != -INFINITY) {
+            cell[n] = c;
+            mv[n]   = x;
+            ++n;
+        }
+    }
+    return n;
+}
+
+// asks for the K and V rows (every KV head) of the visible cells of [b0, b1), to be used one block later
+RLKV_AVX2 void rlkv_prefetch(const ggml_fp16_t * mp, int64_t b0, int64_t b1, const char * k, size_t k_row,
+        size_t k_nb2, const char * v, size_t v_row, size_t v_nb2) {
+    constexpr size_t line = 64;
+    for (int64_t c = b0; c < b1; ++c) {
+        if (_cvtsh_ss(mp[c]) == -INFINITY) {
+            continue;
+        }
+        for (size_t o = 0; o < k_row; o += line) {
+            _mm_prefetch(k + c*k_nb2 + o, _MM_HINT_T0);
+        }
+        for (size_t o = 0; o < v_row; o += line) {
+            _mm_prefetch(v + c*v_nb2 + o, _MM_HINT_T0);
+        }
+    }
+}
+
+// cells [c0, c1) for every query head: writes [M, S, acc[D]] of each query head to out (out_stride apart).
+// Blocks of cells go by in order and each block serves every KV head before the next, so the cache's rows (all
+// heads of a cell are adjacent) stream from memory once, in address order.
+RLKV_AVX2 void rlkv_decode_chunk(
         const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v, const ggml_tensor * mask,
-        float scale, int64_t h, int64_t c0, int64_t c1, float * out, int64_t out_stride, rlkv_decode_scratch & w) {
-    const int64_t D  = k->ne[0];
-    const int64_t gq = q->ne[1]/k->ne[1];
+        float scale, int64_t c0, int64_t c1, float * out, int64_t out_stride, rlkv_decode_scratch & w) {
+    const int64_t D   = k->ne[0];
+    const int64_t H   = k->ne[1];
+    const int64_t n_q = q->ne[1];
+    const int64_t gq  = n_q/H;
     constexpr int64_t B = RLKV_DECODE_BLOCK;
 
-    w.reserve(gq, D);
+    w.reserve(n_q, gq, D);
     float * acc   = w.acc.data();
     float * score = w.score.data();
     std::fill(w.acc.begin(), w.acc.end(), 0.0f);
     std::fill(w.m.begin(), w.m.end(), -INFINITY);
     std::fill(w.s.begin(), w.s.end(), 0.0f);
 
-    const auto * mp  = (const ggml_fp16_t *) mask->data; // row 0: the one token
-    const char * q_h = (const char *) q->data + h*gq*q->nb[1];
-    const char * k_h = (const char *) k->data + h*k->nb[1];
-    const char * v_h = (const char *) v->data + h*v->nb[1];
-    const size_t line_bytes = 64;
+    const auto * mp = (const ggml_fp16_t *) mask->data; // row 0: the one token
+    const char * kd = (const char *) k->data;
+    const char * vd = (const char *) v->data;
+    const size_t k_row = H*k->nb[1]; // the bytes of a cell's row that this view covers
+    const size_t v_row = H*v->nb[1];
 
+    rlkv_prefetch(mp, c0, std::min(c1, c0 + B), kd, k_row, k->nb[2], vd, v_row, v->nb[2]);
     for (int64_t b0 = c0; b0 < c1; b0 += B) {
-        // the block's visible cells: masked ones are never loaded
-        int64_t n = 0;
-        for (int64_t c = b0; c < std::min(c1, b0 + B); ++c) {
-            const float mv = _cvtsh_ss(mp[c]);
-            if (mv != -INFINITY) {
-                w.cell[n] = c;
-                w.mv[n]   = mv;
-                ++n;
-                const char * vr = v_h + c*v->nb[2];
-                for (size_t o = 0; o < D*sizeof(ggml_fp16_t); o += line_bytes) {
-                    _mm_prefetch(vr + o, _MM_HINT_T0); // wanted after the scores
-                }
-            }
-        }
+        const int64_t b1 = std::min(c1, b0 + B);
+        rlkv_prefetch(mp, b1, std::min(c1, b1 + B), kd, k_row, k->nb[2], vd, v_row, v->nb[2]);
+        const int64_t n = rlkv_visible(mp, b0, b1, w.cell.data(), w.mv.data());
         if (n == 0) {
             continue;
         }
+        for (int64_t h = 0; h < H; ++h) {
+            const char * q_h = (const char *) q->data + h*gq*q->nb[1];
+            const char * k_h = kd + h*k->nb[1];
+            const char * v_h = vd + h*v->nb[1];
 
-        rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
-            const char * qg = q_h + g0*q->nb[1];
-            float      * sg = score + g0*B;
-            switch (N) {
-                case 8:  rlkv_scores<8>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
-                case 4:  rlkv_scores<4>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
-                case 2:  rlkv_scores<2>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
-                default: rlkv_scores<1>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
-            }
-        });
+            // scores: each K row loaded once, dotted with every query head of the group
+            rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
+                const char * qg = q_h + g0*q->nb[1];
+                float      * sg = score + g0*B;
+                switch (N) {
+                    case 8:  rlkv_scores<8>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                    case 4:  rlkv_scores<4>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                    case 2:  rlkv_scores<2>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                    default: rlkv_scores<1>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                }
+            });
 
-        // online softmax per query head: the running sums are rescaled once per block
-        for (int64_t g = 0; g < gq; ++g) {
-            float * sg = score + g*B;
-            float bm = -INFINITY;
-            for (int64_t j = 0; j < n; ++j) {
-                bm = std::max(bm, sg[j]);
+            // online softmax per query head: the running sums are rescaled once per block
+            for (int64_t g = 0; g < gq; ++g) {
+                const int64_t i = h*gq + g;
+                float * sg = score + g*B;
+                float bm = -INFINITY;
+                for (int64_t j = 0; j < n; ++j) {
+                    bm = std::max(bm, sg[j]);
+                }
+                const float m_new = std::max(w.m[i], bm);
+                const float ms    = std::exp(w.m[i] - m_new); // 0 while nothing was seen before
+                if (ms != 1.0f) {
+                    rlkv_scale(acc + i*D, ms, D);
+                    w.s[i] *= ms;
+                }
+                for (int64_t j = 0; j < n; ++j) {
+                    sg[j] = std::exp(sg[j] - m_new);
+                    w.s[i] += sg[j];
+                }
+                w.m[i] = m_new;
             }
-            const float m_new = std::max(w.m[g], bm);
-            const float ms    = std::exp(w.m[g] - m_new); // 0 while nothing was seen before
-            if (ms != 1.0f) {
-                rlkv_scale(acc + g*D, ms, D);
-                w.s[g] *= ms;
-            }
-            for (int64_t j = 0; j < n; ++j) {
-                sg[j] = std::exp(sg[j] - m_new);
-                w.s[g] += sg[j];
-            }
-            w.m[g] = m_new;
+
+            // values: each V row loaded once, added into every query head's sum
+            rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
+                const float * pg = score + g0*B;
+                float       * ag = acc + (h*gq + g0)*D;
+                switch (N) {
+                    case 8:  rlkv_values<8>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                    case 4:  rlkv_values<4>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                    case 2:  rlkv_values<2>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                    default: rlkv_values<1>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                }
+            });
         }
-
-        rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
-            const float * pg = score + g0*B;
-            float       * ag = acc + g0*D;
-            switch (N) {
-                case 8:  rlkv_values<8>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
-                case 4:  rlkv_values<4>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
-                case 2:  rlkv_values<2>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
-                default: rlkv_values<1>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
-            }
-        });
     }
 
-    for (int64_t g = 0; g < gq; ++g) {
-        float * o = out + g*out_stride;
-        o[0] = w.m[g];
-        o[1] = w.s[g];
-        std::memcpy(o + 2, acc + g*D, D*sizeof(float));
+    for (int64_t i = 0; i < n_q; ++i) {
+        float * o = out + i*out_stride;
+        o[0] = w.m[i];
+        o[1] = w.s[i];
+        std::memcpy(o + 2, acc + i*D, D*sizeof(float));
     }
 }
 
-// graph node 1: dst [D + 2, n_q_heads, n_chunks]; work items (KV head, chunk) dealt round-robin to the threads
+// graph node 1: dst [D + 2, n_q_heads, n_chunks]; the chunks of cells are dealt round-robin to the threads
 void rlkv_decode_partials(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * q    = dst->src[0];
     const ggml_tensor * k    = dst->src[1];
@@ -224,21 +258,17 @@ void rlkv_decode_partials(ggml_tensor * dst, int ith, int nth, void * userdata) 
 
     const float   scale    = *(const float *) userdata;
     const int64_t n_kv     = k->ne[2];
-    const int64_t n_head   = k->ne[1];
-    const int64_t gq       = q->ne[1]/n_head;
     const int64_t n_chunks = dst->ne[2];
     const int64_t chunk    = (n_kv + n_chunks - 1)/n_chunks;
 
     thread_local rlkv_decode_scratch w;
 
-    for (int64_t i = ith; i < n_head*n_chunks; i += nth) {
-        const int64_t h  = i/n_chunks;
-        const int64_t c  = i%n_chunks;
+    for (int64_t c = ith; c < n_chunks; c += nth) {
         const int64_t c0 = std::min(n_kv, c*chunk);
         const int64_t c1 = std::min(n_kv, c0 + chunk);
 
-        float * out = (float *) ((char *) dst->data + h*gq*dst->nb[1] + c*dst->nb[2]);
-        rlkv_decode_item(q, k, v, mask, scale, h, c0, c1, out, dst->nb[1]/sizeof(float), w);
+        float * out = (float *) ((char *) dst->data + c*dst->nb[2]);
+        rlkv_decode_chunk(q, k, v, mask, scale, c0, c1, out, dst->nb[1]/sizeof(float), w);
     }
 }
 
@@ -329,7 +359,8 @@ ggml_tensor * llama_rlkv_build_decode_attn(
     }
 
     const int64_t n_q      = q->ne[1];
-    const int64_t n_chunks = std::clamp<int64_t>(k->ne[2]/RLKV_DECODE_CHUNK_MIN, 1, std::max(1, n_threads));
+    const int64_t n_chunks = std::clamp<int64_t>(k->ne[2]/RLKV_DECODE_CHUNK_MIN, 1,
+            RLKV_DECODE_CHUNKS_PER_THREAD*std::max(1, n_threads));
 
     ggml_tensor * args[] = { q, k, v, kq_mask };
     ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, D + 2, n_q, n_chunks, 1, args, 4,
