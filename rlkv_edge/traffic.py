@@ -10,6 +10,10 @@ plus the f16 attention mask of each cache (n_kv cells per layer). llama.cpp's CP
 masked cells without loading their K/V rows, so a local head's unused ring cells cost only their mask entry.
 When decode is limited by memory bandwidth, tokens/s scales with the inverse of these bytes; `predicted_ratio`
 is that inverse ratio against a baseline, which `rlkv-edge bench` prints next to the measured one.
+
+Each row counts once. rlkv's grouped decode path (native/rlkv/rlkv-decode.h) reads it once; ggml's CPU flash
+attention, which stock files and quantized caches use, reads it once per query head of its GQA group, from
+memory once a head's cells outgrow the cache (bench/gqa_decode.py), so those are slower than their bytes say.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ constexpr int64_t RLKV_DECODE_BLOCK      = 32;  // cells scored before their V r
 constexpr int64_t RLKV_DECODE_CHUNK_MIN  = 256; // fewest cells worth a chunk of their own
 constexpr int     RLKV_DECODE_CHUNKS_PER_THREAD = 4; // chunks per thread at most (ring chunks see unequal numbers of cells)
 constexpr int64_t RLKV_DECODE_D_MAX      = 512;
+constexpr int64_t RLKV_DECODE_TOKENS_MAX = 8;   // decode of a few sequences at once (parallel slots)
 
 bool rlkv_is_host(const ggml_tensor * t) {
     while (t->view_src) {
@@ -58,16 +59,16 @@ struct rlkv_decode_scratch {
     std::vector<float> m;      // [n_q]       running max score
     std::vector<float> s;      // [n_q]       running sum of weights
     std::vector<float> score;  // [gq, BLOCK] one KV head's scores of a block, then their softmax weights
-    std::vector<int64_t> cell; // [BLOCK]     the block's cells that are not masked
-    std::vector<float> mv;     // [BLOCK]     their mask values
+    std::vector<int64_t> cell; // [2, BLOCK]  two blocks of cells that are not masked
+    std::vector<float> mv;     // [2, BLOCK]  their mask values
 
     void reserve(int64_t n_q, int64_t gq, int64_t D) {
         acc.resize(n_q*D);
         m.resize(n_q);
         s.resize(n_q);
         score.resize(gq*RLKV_DECODE_BLOCK);
-        cell.resize(RLKV_DECODE_BLOCK);
-        mv.resize(RLKV_DECODE_BLOCK);
+        cell.resize(2*RLKV_DECODE_BLOCK);
+        mv.resize(2*RLKV_DECODE_BLOCK);
     }
 };
 
@@ -125,28 +126,21 @@ void rlkv_for_subgroups(int64_t gq, F && f) {
     }
 }
 
-// the visible (not masked) cells of [b0, b1) into cell/mv; returns their count
-RLKV_AVX2 int64_t rlkv_visible(const ggml_fp16_t * mp, int64_t b0, int64_t b1, int64_t * cell, float * mv) {
-    int64_t n = 0;
-    for (int64_t c = b0; c < b1; ++c) {
-        const float x = _cvtsh_ss(mp[c]);
-        if (x != -INFINITY) {
-            cell[n] = c;
-            mv[n]   = x;
-            ++n;
-        }
-    }
-    return n;
-}
-
-// asks for the K and V rows (every KV head) of the visible cells of [b0, b1), to be used one block later
-RLKV_AVX2 void rlkv_prefetch(const ggml_fp16_t * mp, int64_t b0, int64_t b1, const char * k, size_t k_row,
-        size_t k_nb2, const char * v, size_t v_row, size_t v_nb2) {
+// the next (up to) BLOCK visible cells from *c on, stopping at c1, into cell/mv; asks for their K and V rows
+// (every KV head of the view) to be used one block later. Blocks are made of visible cells, so where the masked
+// cells lie does not change how the sums are grouped (as ggml's cell-by-cell loop does not).
+RLKV_AVX2 int64_t rlkv_next_block(const ggml_fp16_t * mp, int64_t & c, int64_t c1, int64_t * cell, float * mv,
+        const char * k, size_t k_row, size_t k_nb2, const char * v, size_t v_row, size_t v_nb2) {
     constexpr size_t line = 64;
-    for (int64_t c = b0; c < b1; ++c) {
-        if (_cvtsh_ss(mp[c]) == -INFINITY) {
-            continue;
+    int64_t n = 0;
+    for (; c < c1 && n < RLKV_DECODE_BLOCK; ++c) {
+        const float x = _cvtsh_ss(mp[c]);
+        if (x == -INFINITY) {
+            continue; // masked: its K/V rows are never loaded
         }
+        cell[n] = c;
+        mv[n]   = x;
+        ++n;
         for (size_t o = 0; o < k_row; o += line) {
             _mm_prefetch(k + c*k_nb2 + o, _MM_HINT_T0);
         }
@@ -154,14 +148,16 @@ RLKV_AVX2 void rlkv_prefetch(const ggml_fp16_t * mp, int64_t b0, int64_t b1, con
             _mm_prefetch(v + c*v_nb2 + o, _MM_HINT_T0);
         }
     }
+    return n;
 }
 
-// cells [c0, c1) for every query head: writes [M, S, acc[D]] of each query head to out (out_stride apart).
-// Blocks of cells go by in order and each block serves every KV head before the next, so the cache's rows (all
-// heads of a cell are adjacent) stream from memory once, in address order.
+// token t over cells [c0, c1), every query head: writes [M, S, acc[D]] of each query head to out (out_stride
+// apart). Token t of T belongs to stream t / (T/n_stream): its K/V view and its mask row are that stream's.
+// Blocks of visible cells go by in order and each block serves every KV head before the next, so the cache's rows
+// (all heads of a cell are adjacent) stream from memory once, in address order.
 RLKV_AVX2 void rlkv_decode_chunk(
         const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v, const ggml_tensor * mask,
-        float scale, int64_t c0, int64_t c1, float * out, int64_t out_stride, rlkv_decode_scratch & w) {
+        float scale, int64_t t, int64_t c0, int64_t c1, float * out, int64_t out_stride, rlkv_decode_scratch & w) {
     const int64_t D   = k->ne[0];
     const int64_t H   = k->ne[1];
     const int64_t n_q = q->ne[1];
@@ -175,22 +171,29 @@ RLKV_AVX2 void rlkv_decode_chunk(
     std::fill(w.m.begin(), w.m.end(), -INFINITY);
     std::fill(w.s.begin(), w.s.end(), 0.0f);
 
-    const auto * mp = (const ggml_fp16_t *) mask->data; // row 0: the one token
-    const char * kd = (const char *) k->data;
-    const char * vd = (const char *) v->data;
+    const int64_t per_stream = q->ne[2]/k->ne[3];
+    const int64_t stream     = t/per_stream;
+    const auto * mp = (const ggml_fp16_t *) ((const char *) mask->data + (t % per_stream)*mask->nb[1] +
+                                             (stream % mask->ne[3])*mask->nb[3]);
+    const char * qd = (const char *) q->data + t*q->nb[2];
+    const char * kd = (const char *) k->data + stream*k->nb[3];
+    const char * vd = (const char *) v->data + stream*v->nb[3];
     const size_t k_row = H*k->nb[1]; // the bytes of a cell's row that this view covers
     const size_t v_row = H*v->nb[1];
 
-    rlkv_prefetch(mp, c0, std::min(c1, c0 + B), kd, k_row, k->nb[2], vd, v_row, v->nb[2]);
-    for (int64_t b0 = c0; b0 < c1; b0 += B) {
-        const int64_t b1 = std::min(c1, b0 + B);
-        rlkv_prefetch(mp, b1, std::min(c1, b1 + B), kd, k_row, k->nb[2], vd, v_row, v->nb[2]);
-        const int64_t n = rlkv_visible(mp, b0, b1, w.cell.data(), w.mv.data());
-        if (n == 0) {
-            continue;
-        }
+    // two blocks of visible cells: one being summed, the next one on its way from memory
+    int64_t   next = c0;
+    int64_t * cell[2] = { w.cell.data(), w.cell.data() + B };
+    float   * mv[2]   = { w.mv.data(),   w.mv.data()   + B };
+    int64_t   n_next  = rlkv_next_block(mp, next, c1, cell[1], mv[1], kd, k_row, k->nb[2], vd, v_row, v->nb[2]);
+    for (int cur = 0; n_next > 0; ) {
+        cur ^= 1;
+        const int64_t n = n_next;
+        n_next = rlkv_next_block(mp, next, c1, cell[cur ^ 1], mv[cur ^ 1], kd, k_row, k->nb[2], vd, v_row, v->nb[2]);
+        const int64_t * cells = cell[cur];
+        const float   * mvs   = mv[cur];
         for (int64_t h = 0; h < H; ++h) {
-            const char * q_h = (const char *) q->data + h*gq*q->nb[1];
+            const char * q_h = qd + h*gq*q->nb[1];
             const char * k_h = kd + h*k->nb[1];
             const char * v_h = vd + h*v->nb[1];
 
@@ -199,10 +202,10 @@ RLKV_AVX2 void rlkv_decode_chunk(
                 const char * qg = q_h + g0*q->nb[1];
                 float      * sg = score + g0*B;
                 switch (N) {
-                    case 8:  rlkv_scores<8>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
-                    case 4:  rlkv_scores<4>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
-                    case 2:  rlkv_scores<2>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
-                    default: rlkv_scores<1>(qg, q->nb[1], k_h, k->nb[2], w.cell.data(), w.mv.data(), n, D, scale, sg); break;
+                    case 8:  rlkv_scores<8>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
+                    case 4:  rlkv_scores<4>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
+                    case 2:  rlkv_scores<2>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
+                    default: rlkv_scores<1>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
                 }
             });
 
@@ -232,10 +235,10 @@ RLKV_AVX2 void rlkv_decode_chunk(
                 const float * pg = score + g0*B;
                 float       * ag = acc + (h*gq + g0)*D;
                 switch (N) {
-                    case 8:  rlkv_values<8>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
-                    case 4:  rlkv_values<4>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
-                    case 2:  rlkv_values<2>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
-                    default: rlkv_values<1>(v_h, v->nb[2], w.cell.data(), n, D, pg, ag); break;
+                    case 8:  rlkv_values<8>(v_h, v->nb[2], cells, n, D, pg, ag); break;
+                    case 4:  rlkv_values<4>(v_h, v->nb[2], cells, n, D, pg, ag); break;
+                    case 2:  rlkv_values<2>(v_h, v->nb[2], cells, n, D, pg, ag); break;
+                    default: rlkv_values<1>(v_h, v->nb[2], cells, n, D, pg, ag); break;
                 }
             });
         }
@@ -249,7 +252,7 @@ RLKV_AVX2 void rlkv_decode_chunk(
     }
 }
 
-// graph node 1: dst [D + 2, n_q_heads, n_chunks]; the chunks of cells are dealt round-robin to the threads
+// graph node 1: dst [D + 2, n_q_heads, n_chunks, n_tokens]; (token, chunk) items dealt round-robin to the threads
 void rlkv_decode_partials(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * q    = dst->src[0];
     const ggml_tensor * k    = dst->src[1];
@@ -259,45 +262,50 @@ void rlkv_decode_partials(ggml_tensor * dst, int ith, int nth, void * userdata) 
     const float   scale    = *(const float *) userdata;
     const int64_t n_kv     = k->ne[2];
     const int64_t n_chunks = dst->ne[2];
+    const int64_t n_tokens = dst->ne[3];
     const int64_t chunk    = (n_kv + n_chunks - 1)/n_chunks;
 
     thread_local rlkv_decode_scratch w;
 
-    for (int64_t c = ith; c < n_chunks; c += nth) {
+    for (int64_t i = ith; i < n_tokens*n_chunks; i += nth) {
+        const int64_t t  = i/n_chunks;
+        const int64_t c  = i%n_chunks;
         const int64_t c0 = std::min(n_kv, c*chunk);
         const int64_t c1 = std::min(n_kv, c0 + chunk);
 
-        float * out = (float *) ((char *) dst->data + c*dst->nb[2]);
-        rlkv_decode_chunk(q, k, v, mask, scale, c0, c1, out, dst->nb[1]/sizeof(float), w);
+        float * out = (float *) ((char *) dst->data + c*dst->nb[2] + t*dst->nb[3]);
+        rlkv_decode_chunk(q, k, v, mask, scale, t, c0, c1, out, dst->nb[1]/sizeof(float), w);
     }
 }
 
-// graph node 2: dst [D, n_q_heads, 1] from the partials [D + 2, n_q_heads, n_chunks]
+// graph node 2: dst [D, n_q_heads, n_tokens] from the partials [D + 2, n_q_heads, n_chunks, n_tokens]
 void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const ggml_tensor * p = dst->src[0];
 
     const int64_t D        = dst->ne[0];
     const int64_t n_q      = dst->ne[1];
     const int64_t n_chunks = p->ne[2];
+    const int64_t n_tokens = p->ne[3];
 
-    auto part = [&](int64_t c, int64_t g) {
-        return (const float *) ((const char *) p->data + g*p->nb[1] + c*p->nb[2]);
-    };
-
-    for (int64_t g = ith; g < n_q; g += nth) {
-        float * o = (float *) ((char *) dst->data + g*dst->nb[1]);
+    for (int64_t i = ith; i < n_q*n_tokens; i += nth) {
+        const int64_t g = i%n_q;
+        const int64_t t = i/n_q;
+        auto part = [&](int64_t c) {
+            return (const float *) ((const char *) p->data + g*p->nb[1] + c*p->nb[2] + t*p->nb[3]);
+        };
+        float * o = (float *) ((char *) dst->data + g*dst->nb[1] + t*dst->nb[2]);
         std::fill(o, o + D, 0.0f);
 
         float m = -INFINITY;
         for (int64_t c = 0; c < n_chunks; ++c) {
-            m = std::max(m, part(c, g)[0]);
+            m = std::max(m, part(c)[0]);
         }
         if (m == -INFINITY) {
             continue; // every cell masked: zeros, as ggml's flash attention
         }
         float s = 0.0f;
         for (int64_t c = 0; c < n_chunks; ++c) {
-            const float * pc = part(c, g);
+            const float * pc = part(c);
             if (pc[0] == -INFINITY) {
                 continue;
             }
@@ -348,7 +356,10 @@ ggml_tensor * llama_rlkv_build_decode_attn(
         q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F16 && v->type == GGML_TYPE_F16 &&
         kq_mask->type == GGML_TYPE_F16 &&
         q->ne[0] == D && v->ne[0] == D && D % 8 == 0 && D <= RLKV_DECODE_D_MAX &&
-        q->ne[2] == 1 && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1 &&             // one token, one stream
+        q->ne[2] >= 1 && q->ne[2] <= RLKV_DECODE_TOKENS_MAX && q->ne[3] == 1 &&          // a few tokens
+        q->ne[2] % k->ne[3] == 0 && v->ne[3] == k->ne[3] &&                               // of 1+ streams
+        kq_mask->ne[1] == q->ne[2]/k->ne[3] && kq_mask->ne[2] == 1 &&
+        (kq_mask->ne[3] == k->ne[3] || kq_mask->ne[3] == 1) &&
         v->ne[1] == k->ne[1] && v->ne[2] == k->ne[2] && q->ne[1] % k->ne[1] == 0 &&
         q->nb[0] == sizeof(float) && k->nb[0] == sizeof(ggml_fp16_t) && v->nb[0] == sizeof(ggml_fp16_t) &&
         v->nb[1] <= v->nb[2] &&                                                         // V not transposed
@@ -359,19 +370,23 @@ ggml_tensor * llama_rlkv_build_decode_attn(
     }
 
     const int64_t n_q      = q->ne[1];
-    const int64_t n_chunks = std::clamp<int64_t>(k->ne[2]/RLKV_DECODE_CHUNK_MIN, 1,
+    const int64_t n_tokens = q->ne[2];
+    // one chunk below 512 cells, as ggml's flash attention splits the cells only from 512 on: a sequence's sums
+    // then do not depend on where in the cache its cells lie
+    const int64_t n_kv     = k->ne[2];
+    const int64_t n_chunks = n_kv < 2*RLKV_DECODE_CHUNK_MIN ? 1 : std::clamp<int64_t>(n_kv/RLKV_DECODE_CHUNK_MIN, 1,
             RLKV_DECODE_CHUNKS_PER_THREAD*std::max(1, n_threads));
 
     ggml_tensor * args[] = { q, k, v, kq_mask };
-    ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, D + 2, n_q, n_chunks, 1, args, 4,
+    ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, D + 2, n_q, n_chunks, n_tokens, args, 4,
             rlkv_decode_partials, GGML_N_TASKS_MAX, (void *) kq_scale);
     ggml_set_name(part, "rlkv_decode_partials");
 
-    ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, n_q, 1, 1, &part, 1,
+    ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, n_q, n_tokens, 1, &part, 1,
             rlkv_decode_merge, GGML_N_TASKS_MAX, nullptr);
     ggml_set_name(out, "rlkv_decode_attn");
 
-    return ggml_reshape_2d(ctx, out, D*n_q, 1);
+    return ggml_reshape_2d(ctx, out, D*n_q, n_tokens);
 #else
     (void) ctx; (void) q; (void) k; (void) v; (void) kq_mask; (void) kq_scale; (void) n_threads;
     return nullptr;

@@ -1,16 +1,17 @@
-// rlkv-edge: attention of one decoded token over an F16 K/V cache in host memory, on the CPU, reading each K/V
-// row once for all the query heads that share it.
+// rlkv-edge: attention of decoded tokens over an F16 K/V cache in host memory, on the CPU, reading each K/V row
+// once for all the query heads that share it.
 //
 // ggml's CPU flash attention walks a KV head's cells once per query head, so with grouped-query attention each
 // K/V row is loaded once per query head of its group (4 times for 32 query / 8 KV heads). Those loads are cheap
 // while one KV head's cells stay in the last-level cache and go to memory once they do not (bench/gqa_decode.py).
 // Here the query heads of a KV head share one pass over its rows, in two graph nodes:
 //
-//   partials [DV + 2, n_q_heads, n_chunks]: per (KV head, chunk of cells), for each of its query heads the online
+//   partials [DV + 2, n_q_heads, n_chunks, n_tokens]: per (token, chunk of cells), for each query head the online
 //            softmax state of flash attention: max score M, sum S, unnormalised sum of V rows
-//   result   [DV, n_q_heads, 1]: the chunks merged (as ggml's split-KV decode merges its partials)
+//   result   [DV, n_q_heads, n_tokens]: the chunks merged (as ggml's split-KV decode merges its partials)
 //
-// Covered: one token, one stream, F16 K and V rows of the same size (a multiple of 8), V not transposed (flash
+// Covered: up to 8 tokens (one decoded token, or one per sequence when parallel sequences decode together, one
+// stream each or in a unified cache), F16 K and V rows of the same size (a multiple of 8), V not transposed (flash
 // attention on), an F16 mask, no ALiBi, soft-capping or sinks, x86-64 with AVX2/FMA/F16C. Anything else, or
 // RLKV_DECODE_ATTN=0 in the environment, gets nullptr and the caller builds ggml_flash_attn_ext.
 #pragma once
@@ -20,9 +21,9 @@
 // whether this process may use the grouped decode path (CPU features, RLKV_DECODE_ATTN)
 bool llama_rlkv_decode_attn_enabled();
 
-// q: [D, n_q_heads, 1] F32; k, v: [D, n_kv_heads, n_kv, 1] F16 views of one cache's layer; kq_mask: [n_kv, 1, 1, 1]
-// F16; kq_scale must outlive the graph. Returns [D*n_q_heads, 1] (as build_attn_mha does), or nullptr when the
-// case is not covered.
+// q: [D, n_q_heads, n_tokens] F32; k, v: [D, n_kv_heads, n_kv, n_stream] F16 views of one cache's layer; kq_mask:
+// [n_kv, n_tokens/n_stream, 1, n_stream] F16; kq_scale must outlive the graph. Returns [D*n_q_heads, n_tokens] (as
+// build_attn_mha does), or nullptr when the case is not covered.
 ggml_tensor * llama_rlkv_build_decode_attn(
         ggml_context * ctx,
         ggml_tensor  * q,

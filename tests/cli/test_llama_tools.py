@@ -285,9 +285,12 @@ def test_multi_turn_with_cached_prompts_and_dropped_thinking(smol_s16_w64: Path,
     Greedy texts are compared exactly in test_multi_turn_cached_prompts_give_exactly_the_fresh_texts, with one token
     per ubatch. Here, with 64-token ubatches, they are not: on a CPU, processing a prompt in other batches changes
     the logits by a few 1e-2 even at s = 0 (upstream's own cache), enough to flip a token in a 24-token answer
-    (measured: turn 5 at s = 0, turn 3 at s = 0.5). The next-token distributions agree within 0.05 (measured: at
-    most 0.018 at s = 0, 0.023 at s = 0.5); like the parallel test, this catches gross errors, while holes are
-    checked natively."""
+    (measured: turn 5 at s = 0, turn 3 at s = 0.5). The next-token distributions agree within 0.1: a cached answer's
+    keys come from decoding (one token per ubatch; at s > 0 rlkv's grouped decode path, native/rlkv/rlkv-decode.h),
+    a fresh request's from 64-token ubatches (ggml's tiled flash attention), and on this model the two differ by up
+    to 0.09 in a probability (teacher-forced over 400 tokens of README.md: 0.093 with ggml's decode, 0.075 with the
+    grouped path; here at most 0.018 at s = 0 and 0.056 at s = 0.5). Like the parallel test, this catches gross
+    errors (a window one key short moves log-probabilities by up to 10), while holes are checked natively."""
     extra = ["-c", "4096", "-np", "1", "-b", "64", "-ub", "64", "--override-kv", f"rlkv.sparsity=float:{sparsity}"]
     gaps = []
     with _llama_server(smol_s16_w64, tmp_path / "server.log", *extra) as url:
@@ -303,7 +306,7 @@ def test_multi_turn_with_cached_prompts_and_dropped_thinking(smol_s16_w64: Path,
         answer = _raw(url, start + THINKING, cache=True)["content"]
         dropped = start + answer + "<|im_end|>\n" + _turn("user", "Repeat it.") + "<|im_start|>assistant\n"
         gaps.append(_prob_gap(_next_token_probs(url, dropped, True), _next_token_probs(url, dropped, False)))
-    assert max(gaps) <= 0.05, gaps
+    assert max(gaps) <= 0.1, gaps
     text = (tmp_path / "server.log").read_text()
     assert "failed to remove" not in text
 
