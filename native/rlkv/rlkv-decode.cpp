@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -117,12 +118,21 @@ RLKV_AVX2 void rlkv_values(const char * v_h, size_t v_nb2, const int64_t * cell,
     }
 }
 
-// the query heads of a group in sub-groups of N = 8, 4, 2 or 1 (the largest that divides gq)
+// f(g0, N) for the query heads of a group in sub-groups [g0, g0 + N) of at most 8 (N a compile-time constant:
+// the N sums stay in registers)
 template <typename F>
 void rlkv_for_subgroups(int64_t gq, F && f) {
-    const int N = gq % 8 == 0 ? 8 : gq % 4 == 0 ? 4 : gq % 2 == 0 ? 2 : 1;
-    for (int64_t g0 = 0; g0 < gq; g0 += N) {
-        f(g0, N);
+    for (int64_t g0 = 0; g0 < gq; g0 += 8) {
+        switch (std::min<int64_t>(gq - g0, 8)) {
+            case 8:  f(g0, std::integral_constant<int, 8>{}); break;
+            case 7:  f(g0, std::integral_constant<int, 7>{}); break;
+            case 6:  f(g0, std::integral_constant<int, 6>{}); break;
+            case 5:  f(g0, std::integral_constant<int, 5>{}); break;
+            case 4:  f(g0, std::integral_constant<int, 4>{}); break;
+            case 3:  f(g0, std::integral_constant<int, 3>{}); break;
+            case 2:  f(g0, std::integral_constant<int, 2>{}); break;
+            default: f(g0, std::integral_constant<int, 1>{}); break;
+        }
     }
 }
 
@@ -198,15 +208,9 @@ RLKV_AVX2 void rlkv_decode_chunk(
             const char * v_h = vd + h*v->nb[1];
 
             // scores: each K row loaded once, dotted with every query head of the group
-            rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
-                const char * qg = q_h + g0*q->nb[1];
-                float      * sg = score + g0*B;
-                switch (N) {
-                    case 8:  rlkv_scores<8>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
-                    case 4:  rlkv_scores<4>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
-                    case 2:  rlkv_scores<2>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
-                    default: rlkv_scores<1>(qg, q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale, sg); break;
-                }
+            rlkv_for_subgroups(gq, [&](int64_t g0, auto N) {
+                rlkv_scores<decltype(N)::value>(q_h + g0*q->nb[1], q->nb[1], k_h, k->nb[2], cells, mvs, n, D, scale,
+                                                score + g0*B);
             });
 
             // online softmax per query head: the running sums are rescaled once per block
@@ -231,15 +235,8 @@ RLKV_AVX2 void rlkv_decode_chunk(
             }
 
             // values: each V row loaded once, added into every query head's sum
-            rlkv_for_subgroups(gq, [&](int64_t g0, int N) {
-                const float * pg = score + g0*B;
-                float       * ag = acc + (h*gq + g0)*D;
-                switch (N) {
-                    case 8:  rlkv_values<8>(v_h, v->nb[2], cells, n, D, pg, ag); break;
-                    case 4:  rlkv_values<4>(v_h, v->nb[2], cells, n, D, pg, ag); break;
-                    case 2:  rlkv_values<2>(v_h, v->nb[2], cells, n, D, pg, ag); break;
-                    default: rlkv_values<1>(v_h, v->nb[2], cells, n, D, pg, ag); break;
-                }
+            rlkv_for_subgroups(gq, [&](int64_t g0, auto N) {
+                rlkv_values<decltype(N)::value>(v_h, v->nb[2], cells, n, D, score + g0*B, acc + (h*gq + g0)*D);
             });
         }
     }

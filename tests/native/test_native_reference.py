@@ -57,7 +57,8 @@ def test_reference_logits(tiny_paths, weights, key, flash_attn, mode):
 
 
 @pytest.mark.skipif(N_GPU_LAYERS > 0, reason="the grouped decode path serves caches in host memory only")
-@pytest.mark.parametrize("n_head, d", [(4, 16), (8, 24)])  # GQA groups of 2 and 4; D = 24 ends in a half vector
+# GQA groups of 2, 3, 4 and 10 (sub-groups 8 + 2); D = 24 ends in a half vector
+@pytest.mark.parametrize("n_head, d", [(4, 16), (6, 16), (8, 24), (20, 8)])
 @pytest.mark.parametrize("s", [0.5, 1.0])
 def test_grouped_decode_matches_reference(tmp_path, monkeypatch, n_head, d, s):
     """Token by token with flash attention and an F16 cache, 700 tokens (the ring wraps, the full cache splits
