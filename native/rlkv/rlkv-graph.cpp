@@ -236,7 +236,7 @@ ggml_tensor * llama_rlkv_build_attn(
     const auto * full  = inp->mctx_rlkv->get_full();
     const auto * local = inp->mctx_rlkv->get_local();
 
-    // one decoded token on the CPU: each K/V row read once per GQA group instead of once per query head
+    // decoded tokens on the CPU (up to 8, rlkv-decode.h): each K/V row read once per GQA group, not per query head
     inp->kq_scale[il] = kq_scale;
     const bool grouped_decode = g.cparams.flash_attn && !g.hparams.attn_soft_cap && g.hparams.f_max_alibi_bias == 0.0f;
 
