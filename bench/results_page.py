@@ -538,6 +538,8 @@ def block_verdict(prefix: str) -> list[str]:
         return f"{f_mib(p['kv_bytes'])} MiB ({f_ratio(p['kv_bytes'] / x)}× f16)"
 
     fr, sg = link("frontier_8k", prefix), link("scale_grouped", prefix)
+    mx, lq = link("frontier_8k_mixed", prefix), link("frontier_8k_local_quant", prefix)
+    benches = ", ".join(link(n, prefix) for n in ("bench_8k_w1024_q8_0", "bench_8k_q8_0", "bench_8k_f16"))
     return [
         f"- **If `-ctk q8_0 -ctv q8_0` fits, use it, not rlkv's default.** At 8k on SmolLM2 it needs {m(q8)} for "
         f"KL {f_kl(q8['mean_kl'])}; the file default (rlkv s=0.5 S64/W256, f16) needs {m(default)} for KL "
@@ -546,10 +548,11 @@ def block_verdict(prefix: str) -> list[str]:
         f"- **Below q8_0's memory, compose rlkv with quantization.** s=0.75 S64/W1024 + q8_0 needs "
         f"{m(r_q8)} for KL {f_kl(r_q8['mean_kl'])}, against q4_0's {m(q4)} and KL {f_kl(q4['mean_kl'])}; with q8_0 "
         f"keys / q4_0 values {m(r_mix)}, KL {f_kl(r_mix['mean_kl'])}. It decodes at {tg_rq8:.1f} t/s at depth "
-        f"8192 where q8_0 K+V runs {tg_q8:.1f} and stock f16 {tg_f16:.1f} (separate processes, ggml's kernel).",
+        f"8192 where q8_0 K+V runs {tg_q8:.1f} and stock f16 {tg_f16:.1f} (separate processes, ggml's kernel; "
+        f"{fr}, {mx}, {benches}).",
         f"- **On running text, all-local with the same quantization ties it**: S64/W2048 + q8_0/q4_0 needs "
-        f"{m(loc)} for KL {f_kl(loc['mean_kl'])}. A wide window buys what the full heads add to KL at 8k on this "
-        "model.",
+        f"{m(loc)} for KL {f_kl(loc['mean_kl'])} ({lq}). A wide window buys what the full heads add to KL at 8k "
+        "on this model.",
         "- **What the head split buys is recall past the window.** A fact stated before S64 + W2048: "
         f"rlkv s=0.75 + q8_0/q4_0 recalls {f_pct(rec['rlkv s=0.75 S64/W1024 + q8_0/q4_0'])}, all-local W2048 with "
         f"the same types {f_pct(rec['all-local S64/W2048 + q8_0/q4_0'])}, random heads "
@@ -558,8 +561,8 @@ def block_verdict(prefix: str) -> list[str]:
         f"- **Decode at 32k depth is not measured on a real 32k model yet** (Qwen pending). On the r1-8b shape "
         f"rlkv s=0.5 decodes {r18['tg_ratio']['32768']:.2f}× stock f16 ({sg}), but that compares the grouped "
         f"kernel, which only rlkv files get, with ggml's: on the same kernel the head split gives "
-        f"{gq['grouped_over_near_f16']:.2f}× (predicted {gq['predicted_over_near_f16']:.2f}×), on ggml's "
-        f"{r18_ggml['tg_ratio']['32768']:.2f}×.",
+        f"{gq['grouped_over_near_f16']:.2f}× (predicted {gq['predicted_over_near_f16']:.2f}×; "
+        f"{link('gqa_decode', prefix)}), on ggml's {r18_ggml['tg_ratio']['32768']:.2f}× ({link('scale', prefix)}).",
     ]
 
 
