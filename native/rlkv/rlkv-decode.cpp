@@ -13,7 +13,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define RLKV_DECODE_X86 1
-#define RLKV_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define RLKV_AVX2 __attribute__((target("avx2,fma,f16c,popcnt")))
 #else
 #define RLKV_DECODE_X86 0
 #endif
@@ -22,8 +22,8 @@
 namespace {
 
 constexpr int64_t RLKV_DECODE_BLOCK      = 32;  // cells scored before their V rows are summed
-constexpr int64_t RLKV_DECODE_CHUNK_MIN  = 256; // fewest cells worth a chunk of their own
-constexpr int     RLKV_DECODE_CHUNKS_PER_THREAD = 4; // chunks per thread at most (ring chunks see unequal numbers of cells)
+constexpr int64_t RLKV_DECODE_CHUNK_MIN  = 256; // fewest visible cells in a chunk (all but a token's last chunk)
+constexpr int64_t RLKV_DECODE_CHUNKS_MAX = 32;  // most chunks per token
 constexpr int64_t RLKV_DECODE_D_MAX      = 512;
 constexpr int64_t RLKV_DECODE_TOKENS_MAX = 8;   // decode of a few sequences at once (parallel slots)
 
@@ -161,6 +161,14 @@ RLKV_AVX2 int64_t rlkv_next_block(const ggml_fp16_t * mp, int64_t & c, int64_t c
     return n;
 }
 
+// the mask row of token t of T (token t belongs to stream t / (T/n_stream))
+const ggml_fp16_t * rlkv_mask_row(const ggml_tensor * mask, int64_t t, int64_t n_tokens, int64_t n_stream) {
+    const int64_t per_stream = n_tokens/n_stream;
+    const int64_t stream     = t/per_stream;
+    return (const ggml_fp16_t *) ((const char *) mask->data + (t % per_stream)*mask->nb[1] +
+                                  (stream % mask->ne[3])*mask->nb[3]);
+}
+
 // token t over cells [c0, c1), every query head: writes [M, S, acc[D]] of each query head to out (out_stride
 // apart). Token t of T belongs to stream t / (T/n_stream): its K/V view and its mask row are that stream's.
 // Blocks of visible cells go by in order and each block serves every KV head before the next, so the cache's rows
@@ -181,10 +189,8 @@ RLKV_AVX2 void rlkv_decode_chunk(
     std::fill(w.m.begin(), w.m.end(), -INFINITY);
     std::fill(w.s.begin(), w.s.end(), 0.0f);
 
-    const int64_t per_stream = q->ne[2]/k->ne[3];
-    const int64_t stream     = t/per_stream;
-    const auto * mp = (const ggml_fp16_t *) ((const char *) mask->data + (t % per_stream)*mask->nb[1] +
-                                             (stream % mask->ne[3])*mask->nb[3]);
+    const int64_t stream = t/(q->ne[2]/k->ne[3]);
+    const ggml_fp16_t * mp = rlkv_mask_row(mask, t, q->ne[2], k->ne[3]);
     const char * qd = (const char *) q->data + t*q->nb[2];
     const char * kd = (const char *) k->data + stream*k->nb[3];
     const char * vd = (const char *) v->data + stream*v->nb[3];
@@ -249,44 +255,127 @@ RLKV_AVX2 void rlkv_decode_chunk(
     }
 }
 
-// graph node 1: dst [D + 2, n_q_heads, n_chunks, n_tokens]; (token, chunk) items dealt round-robin to the threads
+// visible cells per chunk for a token that sees n_vis cells: a function of n_vis alone (not of the threads, n_kv or
+// where the cells lie), so a sequence's sums are grouped the same way whatever else the cache holds
+int64_t rlkv_chunk_size(int64_t n_vis) {
+    const int64_t per_chunk = (n_vis + RLKV_DECODE_CHUNKS_MAX - 1)/RLKV_DECODE_CHUNKS_MAX;
+    return std::max(RLKV_DECODE_CHUNK_MIN, (per_chunk + RLKV_DECODE_BLOCK - 1)/RLKV_DECODE_BLOCK*RLKV_DECODE_BLOCK);
+}
+
+// bit i set when mask value i of 16 is not -inf (the cell is visible)
+RLKV_AVX2 inline uint32_t rlkv_visible16(const ggml_fp16_t * mp) {
+    const __m256i x  = _mm256_loadu_si256((const __m256i *) mp);
+    const __m256i eq = _mm256_cmpeq_epi16(x, _mm256_set1_epi16((short) 0xFC00)); // F16 -inf
+    const __m128i pk = _mm_packs_epi16(_mm256_castsi256_si128(eq), _mm256_extracti128_si256(eq, 1));
+    return ~(uint32_t) _mm_movemask_epi8(pk) & 0xFFFFu;
+}
+
+// graph node 1: dst [n_chunks + 2, n_tokens] I32: per token the number of chunks it uses, then where each chunk
+// starts (cell index; unused chunks start at n_kv). Chunk c holds the visible cells [c*cs, (c + 1)*cs) in cell
+// order, cs = rlkv_chunk_size(visible cells).
+RLKV_AVX2 void rlkv_decode_index(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
+    const ggml_tensor * q    = dst->src[0];
+    const ggml_tensor * k    = dst->src[1];
+    const ggml_tensor * mask = dst->src[2];
+
+    const int64_t n_kv     = k->ne[2];
+    const int64_t n_chunks = dst->ne[0] - 2;
+    const int64_t n_tokens = dst->ne[1];
+
+    for (int64_t t = ith; t < n_tokens; t += nth) {
+        const ggml_fp16_t * mp = rlkv_mask_row(mask, t, q->ne[2], k->ne[3]);
+        int32_t * idx = (int32_t *) ((char *) dst->data + t*dst->nb[1]);
+
+        const int64_t n16 = n_kv/16*16;
+        int64_t n_vis = 0;
+        for (int64_t c = 0; c < n16; c += 16) {
+            n_vis += _mm_popcnt_u32(rlkv_visible16(mp + c));
+        }
+        for (int64_t c = n16; c < n_kv; ++c) {
+            n_vis += _cvtsh_ss(mp[c]) != -INFINITY;
+        }
+
+        const int64_t cs     = rlkv_chunk_size(n_vis);
+        const int64_t n_used = std::max<int64_t>(1, (n_vis + cs - 1)/cs);
+        GGML_ASSERT(n_used <= n_chunks);
+        idx[0] = (int32_t) n_used;
+        idx[1] = 0;
+        for (int64_t c = 1; c <= n_chunks; ++c) {
+            idx[1 + c] = (int32_t) n_kv;
+        }
+
+        // chunk c starts at the cell of visible cell c*cs (cs >= 256: at most one start in 16 cells)
+        int64_t seen = 0;        // visible cells before cell c
+        int64_t next = 1;        // the next chunk whose start is sought
+        for (int64_t c = 0; c < n_kv && next < n_used; ) {
+            uint32_t bits;
+            int64_t  n;
+            if (c + 16 <= n_kv) {
+                bits = rlkv_visible16(mp + c);
+                n    = 16;
+            } else {
+                bits = _cvtsh_ss(mp[c]) != -INFINITY;
+                n    = 1;
+            }
+            const int64_t cnt = _mm_popcnt_u32(bits);
+            const int64_t want = next*cs; // index of the visible cell that starts chunk `next`
+            if (seen + cnt > want) {
+                for (int64_t j = seen; j < want; ++j) {
+                    bits &= bits - 1; // drop the lowest visible cell
+                }
+                idx[1 + next] = (int32_t) (c + __builtin_ctz(bits));
+                ++next;
+            }
+            seen += cnt;
+            c    += n;
+        }
+    }
+}
+
+// graph node 2: dst [D + 2, n_q_heads, n_chunks, n_tokens]; the chunks in use of every token are dealt round-robin
+// to the threads (each chunk holds the same number of visible cells, but for a token's last)
 void rlkv_decode_partials(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * q    = dst->src[0];
     const ggml_tensor * k    = dst->src[1];
     const ggml_tensor * v    = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
+    const ggml_tensor * idx  = dst->src[4];
 
     const float   scale    = *(const float *) userdata;
-    const int64_t n_kv     = k->ne[2];
-    const int64_t n_chunks = dst->ne[2];
     const int64_t n_tokens = dst->ne[3];
-    const int64_t chunk    = (n_kv + n_chunks - 1)/n_chunks;
 
     thread_local rlkv_decode_scratch w;
 
-    for (int64_t i = ith; i < n_tokens*n_chunks; i += nth) {
-        const int64_t t  = i/n_chunks;
-        const int64_t c  = i%n_chunks;
-        const int64_t c0 = std::min(n_kv, c*chunk);
-        const int64_t c1 = std::min(n_kv, c0 + chunk);
-
-        float * out = (float *) ((char *) dst->data + c*dst->nb[2] + t*dst->nb[3]);
-        rlkv_decode_chunk(q, k, v, mask, scale, t, c0, c1, out, dst->nb[1]/sizeof(float), w);
+    int64_t i = 0;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const int32_t * it = (const int32_t *) ((const char *) idx->data + t*idx->nb[1]);
+        for (int64_t c = 0; c < dst->ne[2]; ++c) {
+            if (c >= it[0]) {
+                break; // unused (the merge reads only the chunks in use)
+            }
+            if (i++ % nth != ith) {
+                continue;
+            }
+            float * out = (float *) ((char *) dst->data + c*dst->nb[2] + t*dst->nb[3]);
+            rlkv_decode_chunk(q, k, v, mask, scale, t, it[1 + c], it[2 + c], out, dst->nb[1]/sizeof(float), w);
+        }
     }
 }
 
-// graph node 2: dst [D, n_q_heads, n_tokens] from the partials [D + 2, n_q_heads, n_chunks, n_tokens]
-void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
-    const ggml_tensor * p = dst->src[0];
+// graph node 3: dst [D, n_q_heads, n_tokens] from the partials [D + 2, n_q_heads, n_chunks, n_tokens] of the chunks
+// in use, in chunk order
+RLKV_AVX2 void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
+    const ggml_tensor * p   = dst->src[0];
+    const ggml_tensor * idx = dst->src[1];
 
     const int64_t D        = dst->ne[0];
     const int64_t n_q      = dst->ne[1];
-    const int64_t n_chunks = p->ne[2];
     const int64_t n_tokens = p->ne[3];
 
     for (int64_t i = ith; i < n_q*n_tokens; i += nth) {
         const int64_t g = i%n_q;
         const int64_t t = i/n_q;
+        const int64_t n_chunks = *(const int32_t *) ((const char *) idx->data + t*idx->nb[1]);
         auto part = [&](int64_t c) {
             return (const float *) ((const char *) p->data + g*p->nb[1] + c*p->nb[2] + t*p->nb[3]);
         };
@@ -328,8 +417,8 @@ bool llama_rlkv_decode_attn_enabled() {
     if (env && std::strcmp(env, "0") == 0) {
         return false;
     }
-    static const bool cpu_ok =
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    // every CPU with AVX2 has F16C and POPCNT (GCC <= 10 has no __builtin_cpu_supports("f16c"))
+    static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     return cpu_ok;
 #else
     return false;
@@ -342,8 +431,7 @@ ggml_tensor * llama_rlkv_build_decode_attn(
         ggml_tensor  * k,
         ggml_tensor  * v,
         ggml_tensor  * kq_mask,
-        const float  * kq_scale,
-        int            n_threads) {
+        const float  * kq_scale) {
 #if RLKV_DECODE_X86
     if (!llama_rlkv_decode_attn_enabled() || kq_mask == nullptr) {
         return nullptr;
@@ -368,24 +456,30 @@ ggml_tensor * llama_rlkv_build_decode_attn(
 
     const int64_t n_q      = q->ne[1];
     const int64_t n_tokens = q->ne[2];
-    // one chunk below 512 cells, as ggml's flash attention splits the cells only from 512 on: a sequence's sums
-    // then do not depend on where in the cache its cells lie
+    // room for the most chunks a token can use: each token's chunks follow its own visible cells (rlkv_decode_index),
+    // not n_kv or the thread count, so its result does not change with either
     const int64_t n_kv     = k->ne[2];
-    const int64_t n_chunks = n_kv < 2*RLKV_DECODE_CHUNK_MIN ? 1 : std::clamp<int64_t>(n_kv/RLKV_DECODE_CHUNK_MIN, 1,
-            RLKV_DECODE_CHUNKS_PER_THREAD*std::max(1, n_threads));
+    const int64_t n_chunks = std::clamp<int64_t>((n_kv + RLKV_DECODE_CHUNK_MIN - 1)/RLKV_DECODE_CHUNK_MIN, 1,
+            RLKV_DECODE_CHUNKS_MAX);
 
-    ggml_tensor * args[] = { q, k, v, kq_mask };
-    ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, D + 2, n_q, n_chunks, n_tokens, args, 4,
+    ggml_tensor * idx_args[] = { q, k, kq_mask };
+    ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, n_chunks + 2, n_tokens, 1, 1, idx_args, 3,
+            rlkv_decode_index, GGML_N_TASKS_MAX, nullptr);
+    ggml_set_name(idx, "rlkv_decode_index");
+
+    ggml_tensor * args[] = { q, k, v, kq_mask, idx };
+    ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, D + 2, n_q, n_chunks, n_tokens, args, 5,
             rlkv_decode_partials, GGML_N_TASKS_MAX, (void *) kq_scale);
     ggml_set_name(part, "rlkv_decode_partials");
 
-    ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, n_q, n_tokens, 1, &part, 1,
+    ggml_tensor * merge_args[] = { part, idx };
+    ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, n_q, n_tokens, 1, merge_args, 2,
             rlkv_decode_merge, GGML_N_TASKS_MAX, nullptr);
     ggml_set_name(out, "rlkv_decode_attn");
 
     return ggml_reshape_2d(ctx, out, D*n_q, n_tokens);
 #else
-    (void) ctx; (void) q; (void) k; (void) v; (void) kq_mask; (void) kq_scale; (void) n_threads;
+    (void) ctx; (void) q; (void) k; (void) v; (void) kq_mask; (void) kq_scale;
     return nullptr;
 #endif
 }

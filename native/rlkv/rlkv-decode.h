@@ -4,8 +4,11 @@
 // ggml's CPU flash attention walks a KV head's cells once per query head, so with grouped-query attention each
 // K/V row is loaded once per query head of its group (4 times for 32 query / 8 KV heads). Those loads are cheap
 // while one KV head's cells stay in the last-level cache and go to memory once they do not (bench/gqa_decode.py).
-// Here the query heads of a KV head share one pass over its rows, in two graph nodes:
+// Here the query heads of a KV head share one pass over its rows, in three graph nodes:
 //
+//   index    [n_chunks + 2, n_tokens]: per token, its chunks: runs of the same number of visible cells, a number
+//            that follows the token's visible cells alone (not n_kv, the threads or where the cells lie), so a
+//            sequence's result is the same at any thread count and beside any other sequences
 //   partials [DV + 2, n_q_heads, n_chunks, n_tokens]: per (token, chunk of cells), for each query head the online
 //            softmax state of flash attention: max score M, sum S, unnormalised sum of V rows
 //   result   [DV, n_q_heads, n_tokens]: the chunks merged (as ggml's split-KV decode merges its partials)
@@ -30,5 +33,4 @@ ggml_tensor * llama_rlkv_build_decode_attn(
         ggml_tensor  * k,
         ggml_tensor  * v,
         ggml_tensor  * kq_mask,
-        const float  * kq_scale,
-        int            n_threads);
+        const float  * kq_scale);

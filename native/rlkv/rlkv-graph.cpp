@@ -250,7 +250,7 @@ ggml_tensor * llama_rlkv_build_attn(
         ggml_tensor * vv = c->get_v(ctx0, il);
 
         if (grouped_decode) {
-            if (ggml_tensor * cur = llama_rlkv_build_decode_attn(ctx0, q, kk, vv, mask, &inp->kq_scale[il], g.cparams.n_threads)) {
+            if (ggml_tensor * cur = llama_rlkv_build_decode_attn(ctx0, q, kk, vv, mask, &inp->kq_scale[il])) {
                 return cur;
             }
         }
