@@ -122,3 +122,71 @@ def choose_config(
         basis=f"lowest KL measured on {calibration.n_tokens} tokens ({len(fits)} of {len(calibration.points)} "
         "calibrated points fit)" + (SHORT_CALIBRATION if n_ctx > 2 * calibration.n_tokens else ""),
     )
+
+
+def dominating(
+    calibration: Calibration, info: dict[str, Any], n_ctx: int, point: CalibrationPoint, n_seq: int = 1
+) -> CalibrationPoint | None:
+    """A calibrated point with no more KV memory at n_ctx and a lower KL than `point` (the lowest-KL such), or None."""
+
+    def size(p: CalibrationPoint) -> int:
+        mem = kv_memory(info, p.sparsity, n_ctx, p.type_k, p.type_v, n_seq=n_seq, sink=p.sink, window=p.window)
+        return int(mem["kv_bytes_compressed"])
+
+    own = size(point)
+    better = [p for p in calibration.points if p.mean_kl < point.mean_kl and size(p) <= own]
+    return min(better, key=lambda p: (p.mean_kl, size(p))) if better else None
+
+
+def config_warnings(
+    info: dict[str, Any],
+    calibration: Calibration | None,
+    n_ctx: int,
+    *,
+    sparsity: float | None,
+    sink: int | None,
+    window: int | None,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    n_ubatch: int = 512,
+    n_seq: int = 1,
+) -> list[str]:
+    """One line each about a configuration that will hurt quality: a context above the model's trained one, a
+    sparsity that leaves most layers without a full head, a point that the file's own calibration shows is
+    dominated (another measured point needs no more memory and has a lower KL). None: the file's own value."""
+    out = []
+    trained = info.get("context_length")
+    if trained and n_ctx > trained:
+        out.append(
+            f"context {n_ctx} is above the model's trained context ({trained} tokens): positions past it were never "
+            "trained and answers degrade there"
+        )
+    if "n_layer" not in info:  # not converted: no head split to judge
+        return out
+    s = sparsity if sparsity is not None else float(info.get("sparsity") or 0.0)
+    mem = kv_memory(info, s, n_ctx, type_k, type_v, n_ubatch, n_seq, sink, window)
+    f_l = mem["full_heads_per_layer"]
+    empty = sum(1 for f in f_l if f == 0)
+    if 2 * empty > len(f_l):
+        out.append(
+            f"sparsity {s:.4g} leaves {empty} of {len(f_l)} layers without a full head ({mem['n_full']} of "
+            f"{info['n_layer'] * info['n_head_kv']} heads full): most layers see only sink + window tokens, where "
+            "quality falls off (lower the sparsity or raise the budget)"
+        )
+    if calibration is not None:
+        sk, w = mem["sink"], mem["window"]
+        here = [
+            p
+            for p in calibration.points
+            if (p.type_k, p.type_v, p.sink, p.window) == (type_k, type_v, sk, w) and abs(p.sparsity - s) < 1e-6
+        ]
+        better = dominating(calibration, info, n_ctx, here[0], n_seq) if here else None
+        if here and better is not None:
+            out.append(
+                f"this configuration (K {type_k}, V {type_v}, s={s:g}, S{sk}/W{w}; calibrated KL "
+                f"{here[0].mean_kl:.4g}) "
+                f"is dominated: K {better.type_k}, V {better.type_v}, s={better.sparsity:g}, "
+                f"S{better.sink}/W{better.window} needs no more KV memory at --ctx-size {n_ctx} and measured KL "
+                f"{better.mean_kl:.4g} (use --kv-budget to pick it)"
+            )
+    return out

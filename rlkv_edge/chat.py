@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class TurnStats:
     """Speed of one answer."""
 
     prompt_seconds: float = 0.0
+    prompt_tokens: int = 0
     gen_tokens: int = 0
     gen_seconds: float = 0.0
     stopped: bool = False
@@ -73,6 +75,11 @@ class TurnStats:
     def tokens_per_second(self) -> float:
         """Generation speed after the first token."""
         return (self.gen_tokens - 1) / self.gen_seconds if self.gen_tokens > 1 and self.gen_seconds > 0 else 0.0
+
+    @property
+    def prompt_per_second(self) -> float:
+        """Prompt tokens in context per second until the first token (llama.cpp's prompt eval speed)."""
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
 
 
 @dataclass
@@ -85,6 +92,8 @@ class ChatSession:
     temperature: float = 0.7
     seed: int | None = None
     max_tokens: int | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)  # top_k, top_p, min_p, repeat_penalty, grammar
+    on_answer: Callable[[ChatSession], None] | None = None  # the REPL calls it after each answer (--stats)
     messages: list[dict[str, str]] = field(default_factory=list)
     last: TurnStats | None = None
 
@@ -117,6 +126,7 @@ class ChatSession:
                 temperature=self.temperature,
                 seed=self.seed,
                 max_tokens=self.max_tokens,
+                **self.sampling,
             )
             for chunk in stream:
                 delta = chunk["choices"][0].get("delta", {}).get("content")
@@ -137,12 +147,29 @@ class ChatSession:
             now = time.perf_counter()
             stats.prompt_seconds = (t_first or now) - t0
             stats.gen_seconds = now - t_first if t_first is not None else 0.0
+            stats.prompt_tokens = n_first
             # Generated tokens (chunks can hold several tokens, e.g. the bytes of one character).
             stats.gen_tokens = self.llm.n_tokens - n_first + 1 if t_first is not None else 0
             self.last = stats
         reply = "".join(answer)
         self.messages.append({"role": "assistant", "content": reply})
         return reply
+
+    def answer_stats(self) -> str:
+        """One line for --stats: KV memory (full vs local cache), prompt and generation speed of the last answer."""
+        from rlkv_edge import runtime
+
+        try:
+            full, local = runtime.kv_bytes(self.llm)
+            kv = f"KV cache {format_mib(full + local)} (full {format_mib(full)} + local {format_mib(local)})"
+        except Exception as e:  # an older native build
+            kv = f"KV cache unavailable ({e})"
+        last = self.last or TurnStats()
+        return (
+            f"{kv}; prompt {last.prompt_tokens} tokens in {last.prompt_seconds:.2f} s "
+            f"({last.prompt_per_second:.1f} t/s); generation {last.gen_tokens} tokens "
+            f"({last.tokens_per_second:.1f} t/s)"
+        )
 
     def stats_text(self) -> str:
         """The /stats report."""
@@ -205,21 +232,24 @@ def read_input(prompt: str = ">>> ", more: str = "... ") -> str | None:
     return "\n".join(parts)
 
 
-def repl(session: ChatSession) -> None:
-    """The interactive loop."""
+def repl(session: ChatSession, interactive: bool = True) -> None:
+    """The interactive loop; prompts and hints only when `interactive` (stdin is a terminal), so piped input gives
+    the answers alone on stdout."""
     console = session.console
     # A process started in the background by a non-interactive shell inherits SIGINT as ignored, and
     # Python then never raises KeyboardInterrupt: make Ctrl-C stop answers wherever we were started from.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    console.print("Type a message, /help for commands, /exit to quit.", style="dim", highlight=False)
+    if interactive:
+        console.print("Type a message, /help for commands, /exit to quit.", style="dim", highlight=False)
     while True:
         try:
-            text = read_input()
+            text = read_input() if interactive else read_input("", "")
         except KeyboardInterrupt:
             console.print("\n(Ctrl-C stops an answer; /exit or Ctrl-D quits)", style="dim", highlight=False)
             continue
         if text is None:
-            console.print()
+            if interactive:
+                console.print()
             return
         cmd = text.strip()
         if not cmd:
@@ -247,3 +277,5 @@ def repl(session: ChatSession) -> None:
             console.print(" [stopped]", style="dim", highlight=False, markup=False)
         else:
             console.print()
+        if session.on_answer is not None:
+            session.on_answer(session)

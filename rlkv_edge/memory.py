@@ -20,7 +20,6 @@ DEFAULT_UBATCH = 512
 CELL_PAD = 256
 
 _UNITS = {
-    "": 1,
     "b": 1,
     "k": 1000,
     "kb": 1000,
@@ -35,9 +34,12 @@ _UNITS = {
 
 
 def parse_size(text: str) -> int:
-    """Bytes in a size such as "64MiB", "1.5 GiB", "500MB" or "1048576" (K/M/G are powers of 1000)."""
+    """Bytes in a size such as "64MiB", "1.5 GiB", "500MB" or "4096B" (K/M/G are powers of 1000); a number without
+    a unit is refused, never read as bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = m.group(2).lower() if m else ""
+    if m is not None and not unit:
+        raise BudgetError(f"size '{text}' has no unit: write e.g. {m.group(1)}MiB, {m.group(1)}GiB or {m.group(1)}B")
     if m is None or unit not in _UNITS:
         raise BudgetError(f"cannot parse size '{text}' (examples: 64MiB, 1.5GiB, 500MB)")
     value = float(m.group(1)) * _UNITS[unit]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 import rlkv_edge
 from rlkv_edge.errors import RlkvError
@@ -30,6 +30,11 @@ def note(message: str) -> None:
     typer.echo(f"{PROG}: {message}", err=True)
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr (`rlkv-edge: warning: ...`): the command runs, but the user should know."""
+    typer.echo(f"{PROG}: warning: {' '.join(str(message).split())}", err=True)
+
+
 def progress(message: str) -> None:
     """A line of progress on stderr, as it is."""
     typer.echo(message, err=True)
@@ -39,7 +44,18 @@ def _usage_message(e: typer.TyperException) -> str:
     """click's message for a bad command line, with where to read more."""
     ctx = getattr(e, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    return f"{e.format_message()}{where}"
+    return f"{e.format_message().replace('Value error, ', '')}{where}"
+
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """No `<bool>` beside a flag in --help (it takes no value; Typer 0.29 prints one)."""
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 class RlkvGroup(TyperGroup):
@@ -78,6 +94,7 @@ app = typer.Typer(
     cls=RlkvGroup,
     help="RL-guided per-head KV cache compression for reasoning LLMs, on a patched llama.cpp.",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # llama.cpp's -h too
     pretty_exceptions_enable=False,
     add_completion=False,
 )

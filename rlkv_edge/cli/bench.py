@@ -10,31 +10,53 @@ from typing import Annotated
 
 import typer
 
-from rlkv_edge.bench import FILLS, BenchConfig, markdown_table, parse_depths, results_json, run_bench
+from rlkv_edge.bench import BenchConfig, markdown_table, parse_depths, results_json, run_bench
 from rlkv_edge.cli.app import progress
-from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, GpuOpt, ModelPathArg, RuntimeOptions, SparsitiesOpt
+from rlkv_edge.cli.options import (
+    CacheKOpt,
+    CacheVOpt,
+    Fill,
+    GpuOpt,
+    ModelOpt,
+    ModelPathArg,
+    RuntimeOptions,
+    SparsitiesOpt,
+    ThreadsOpt,
+    env,
+    need_model,
+)
 from rlkv_edge.errors import UsageError
 from rlkv_edge.models import read_model, sparsity_configs
 
 
 def bench(
-    model: ModelPathArg,
+    model: ModelPathArg = None,
+    model_opt: ModelOpt = None,
     sparsity: SparsitiesOpt = None,
     depths: Annotated[str, typer.Option("--depths", "-d", help="Comma-separated depths.")] = "0,2048,6144",
-    ctx: Annotated[int | None, typer.Option("--ctx", "-c", help="n_ctx (default: max depth + 512).")] = None,
+    ctx: Annotated[
+        int | None,
+        typer.Option(
+            "--ctx-size", "-c", "--ctx", min=1, envvar=env("CTX_SIZE"), help="n_ctx (default: max depth + 512)."
+        ),
+    ] = None,
     baseline: Annotated[
         Path | None,
         typer.Option("--baseline", help="Uncompressed GGUF to compare with (default: MODEL at s=0)."),
     ] = None,
-    n_prompt: Annotated[int, typer.Option("--n-prompt", "-p", help="Prompt tokens for pp.")] = 512,
-    n_gen: Annotated[int, typer.Option("--n-gen", "-n", help="Generated tokens for tg.")] = 128,
-    reps: Annotated[int, typer.Option("--reps", "-r", help="Repetitions per test.")] = 1,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    n_prompt: Annotated[
+        int, typer.Option("--n-prompt", "-p", min=0, help="Prompt tokens for pp (llama-bench's -p).")
+    ] = 512,
+    n_gen: Annotated[
+        int, typer.Option("--n-gen", "-n", min=0, help="Generated tokens for tg (llama-bench's -n).")
+    ] = 128,
+    reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions per test.")] = 1,
+    threads: ThreadsOpt = None,
     n_gpu_layers: GpuOpt = 0,
     cache_type_k: CacheKOpt = None,
     cache_type_v: CacheVOpt = None,
     fill: Annotated[
-        str,
+        Fill,
         typer.Option(
             "--fill",
             help="How each depth is reached: 'compute' decodes random tokens (as llama-bench -d); 'mark' marks the "
@@ -46,15 +68,13 @@ def bench(
 ) -> None:
     """pp/tg speed at several depths and KV MiB, without compression and at each sparsity, in one process."""
     ds = parse_depths(depths)
-    if fill not in FILLS:
-        raise UsageError(f"--fill must be one of {', '.join(FILLS)}, got '{fill}'")
     if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
         raise UsageError("--n-prompt and --n-gen must be >= 0 and not both 0")
     n_ctx = ctx or max(ds) + max(n_prompt, n_gen)
     opts = RuntimeOptions(
         ctx=n_ctx, n_gpu_layers=n_gpu_layers, cache_type_k=cache_type_k, cache_type_v=cache_type_v, threads=threads
     )
-    target = read_model(model)
+    target = read_model(need_model(model, model_opt))
     base = read_model(baseline) if baseline is not None else None
     (none, s0), *compressed = sparsity_configs(target, sparsity or ([0.5] if target.converted else []))
     first = BenchConfig("baseline", base.path, None, base) if base else BenchConfig(none, target.path, s0, target)

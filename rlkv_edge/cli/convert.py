@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from rlkv_edge.cli.app import progress
-from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, ThreadsOpt
+from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, ModelOpt, ThreadsOpt, check_plot_path, need_model
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.convert.inspect import plot_scores, render_report
 from rlkv_edge.errors import Interrupted, UsageError
@@ -25,8 +25,14 @@ from rlkv_edge.models import read_model
 
 
 def convert(
-    model: Annotated[Path, typer.Argument(help="Input GGUF (llama, qwen2, qwen3, mistral3).", show_default=False)],
-    mask: Annotated[Path, typer.Option("--mask", "-m", help="Heads file: heads.json or a DuoAttention *.tsv.")],
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="Input GGUF (llama, qwen2, qwen3, mistral3), or give it with -m.", show_default=False),
+    ] = None,
+    model_opt: ModelOpt = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", help="Heads file: heads.json or a DuoAttention / RLKV *.tsv.")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output GGUF (default: <stem>.rlkv.gguf).")
     ] = None,
@@ -57,6 +63,7 @@ def convert(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Re-order a GGUF's KV heads by score and add rlkv.* metadata (stock llama.cpp still runs it)."""
+    model, mask = _convert_inputs(model, model_opt, mask)
     if sparsity is not None:
         check_sparsity(sparsity, "--sparsity")
     if calibrate is not None:
@@ -75,6 +82,28 @@ def convert(
         raise Interrupted("interrupted (no output written)") from None
     if not quiet:
         typer.echo(report.summary())
+
+
+def _convert_inputs(model: Path | None, model_opt: Path | None, mask: Path | None) -> tuple[Path, Path]:
+    """(GGUF, heads file) from MODEL / -m and --mask; -m is the model as in llama.cpp (it meant --mask before 0.2),
+    so a heads file given with -m, or a GGUF given with --mask, is refused with the right spelling."""
+    for flag, path in (("-m/--model", model_opt), ("MODEL", model)):
+        if path is not None and _looks_like_heads(path):
+            raise UsageError(
+                f"{flag} {path} looks like a heads file: -m now means the model (as in llama.cpp); "
+                f"give the heads file with --mask, e.g. convert model.gguf --mask {path}"
+            )
+    if mask is not None and mask.suffix.lower() == ".gguf":
+        raise UsageError(f"--mask {mask} is a GGUF: give the model first or with -m, and the heads file with --mask")
+    path = need_model(model, model_opt)
+    if mask is None:
+        raise UsageError("missing --mask HEADS: a heads.json (rlkv-edge train) or a DuoAttention / RLKV *.tsv")
+    return path, mask
+
+
+def _looks_like_heads(path: Path) -> bool:
+    """A heads file by its name (.json, .tsv, .csv) or a folder holding one."""
+    return path.suffix.lower() in (".json", ".tsv", ".csv") or path.is_dir()
 
 
 def _calibration(
@@ -106,17 +135,23 @@ def inspect(
     ] = None,
     ctx: Annotated[
         int | None,
-        typer.Option("--ctx", "-c", help="Context N of the memory estimate (default: the model's)."),
+        typer.Option(
+            "--ctx-size", "-c", "--ctx", min=1, help="Context N of the memory estimate (default: the model's)."
+        ),
     ] = None,
     type_k: CacheKOpt = None,
     type_v: CacheVOpt = None,
-    ubatch: Annotated[int, typer.Option("--ubatch", help="n_ubatch (sizes the local ring).")] = DEFAULT_UBATCH,
+    ubatch: Annotated[
+        int, typer.Option("--ubatch-size", "-ub", "--ubatch", min=1, help="n_ubatch (sizes the local ring).")
+    ] = DEFAULT_UBATCH,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Save a layer x head heat map PNG (needs matplotlib).")
     ] = None,
 ) -> None:
     """Show a GGUF's heads, full heads per layer and the KV memory with and without compression."""
+    if plot is not None:
+        check_plot_path(plot)
     info = read_rlkv_info(model)
     stored = info.get("sparsity") if info["converted"] else 0.0
     s = check_sparsity(

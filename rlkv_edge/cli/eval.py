@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,15 +12,20 @@ from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import (
     CacheKOpt,
     CacheVOpt,
+    CtxOpt,
     GpuOpt,
     LimitOpt,
     MaxTokensOpt,
+    ModelOpt,
     ModelPathArg,
     RewardOpt,
     RuntimeOptions,
     SparsitiesOpt,
     SystemOpt,
     TasksOpt,
+    TextOpt,
+    ThreadsOpt,
+    need_model,
 )
 from rlkv_edge.errors import UsageError
 from rlkv_edge.evaluate import SYSTEM_PROMPT, evaluate, render
@@ -29,14 +33,15 @@ from rlkv_edge.models import read_model
 
 
 def eval_cmd(
-    model: ModelPathArg,
+    model: ModelPathArg = None,
+    model_opt: ModelOpt = None,
     tasks: TasksOpt = None,
-    text: Annotated[Path | None, typer.Option("--text", help="A long text for KL / top-1 agreement.")] = None,
+    text: TextOpt = None,
     sparsity: SparsitiesOpt = None,
-    ctx: Annotated[int, typer.Option("--ctx", "-c", help="n_ctx (also the longest text prefix used).")] = 2048,
+    ctx: CtxOpt = 2048,
     max_tokens: MaxTokensOpt = 256,
     limit: LimitOpt = None,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    threads: ThreadsOpt = None,
     n_gpu_layers: GpuOpt = 0,
     cache_type_k: CacheKOpt = None,
     cache_type_v: CacheVOpt = None,
@@ -53,12 +58,12 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Accuracy and next-token agreement at each sparsity against the same model without compression."""
-    if ctx <= 0 or max_tokens <= 0:
-        raise UsageError("--ctx and --max-tokens must be positive")
+    if max_tokens <= 0:
+        raise UsageError(f"--n-predict must be positive, got {max_tokens}")
+    target = read_model(need_model(model, model_opt))
     opts = RuntimeOptions(
         ctx=ctx, n_gpu_layers=n_gpu_layers, cache_type_k=cache_type_k, cache_type_v=cache_type_v, threads=threads
-    )
-    target = read_model(model)
+    ).for_model(target)
     out = evaluate(
         target,
         tasks=tasks,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -14,7 +13,19 @@ import typer
 
 from rlkv_edge.atomic import atomic_path, atomic_write_text
 from rlkv_edge.cli.app import progress
-from rlkv_edge.cli.options import LimitOpt, MaxTokensOpt, ModelPathArg, RewardOpt, SystemOpt, TasksOpt
+from rlkv_edge.cli.options import (
+    LimitOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    ModelPathArg,
+    RewardOpt,
+    SystemOpt,
+    TasksOpt,
+    TextOpt,
+    ThreadsOpt,
+    check_plot_path,
+    need_model,
+)
 from rlkv_edge.errors import UsageError
 from rlkv_edge.evaluate import SYSTEM_PROMPT, load_reward, load_tasks, text_tokens
 from rlkv_edge.frontier import FrontierConfig, measure, plot, render, to_json
@@ -108,9 +119,12 @@ def _configs(
 
 
 def frontier(
-    model: ModelPathArg,
-    text: Annotated[Path, typer.Option("--text", help="A long text for KL / top-1 (e.g. a licence or a book).")],
-    n_tokens: Annotated[int, typer.Option("--tokens", help="Tokens of the text to use (n_ctx follows).")] = 2048,
+    model: ModelPathArg = None,
+    model_opt: ModelOpt = None,
+    text: TextOpt = None,
+    n_tokens: Annotated[
+        int, typer.Option("--tokens", min=16, help="Tokens of the text to use (n_ctx follows).")
+    ] = 2048,
     sparsity: Annotated[
         list[float] | None, typer.Option("--sparsity", "-s", help="rlkv sparsities (repeatable).")
     ] = None,
@@ -125,31 +139,33 @@ def frontier(
             "composed with each (default: six types, compositions with q8_0 and q4_0).",
         ),
     ] = None,
-    n_random: Annotated[int, typer.Option("--random", help="Random masks (seeds 0..N-1) at the middle s.")] = 3,
+    n_random: Annotated[int, typer.Option("--random", min=0, help="Random masks (seeds 0..N-1) at the middle s.")] = 3,
     uniform: Annotated[bool, typer.Option("--uniform/--no-uniform", help="A per-layer-uniform mask too.")] = True,
-    depth: Annotated[int, typer.Option("--depth", "-d", help="Depth of the pp512 / tg128 speed test.")] = 2048,
+    depth: Annotated[int, typer.Option("--depth", "-d", min=0, help="Depth of the pp512 / tg128 speed test.")] = 2048,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure pp512 / tg128 at --depth.")] = True,
     tasks: TasksOpt = None,
     limit: LimitOpt = None,
     max_tokens: MaxTokensOpt = 64,
     system: SystemOpt = SYSTEM_PROMPT,
     reward: RewardOpt = None,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
+    threads: ThreadsOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON results here.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Save KV MiB vs KL as a PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ) -> None:
     """KV memory, KL / top-1 on a text, decode speed and (with --tasks) task accuracy for KV quantization, rlkv
     at several s × (S, W), both composed, all-local and random masks, in one process; marks the Pareto front."""
-    target = read_model(model)
+    if text is None:
+        raise UsageError("frontier needs --text FILE (-f): a long UTF-8 text for KL / top-1")
+    target = read_model(need_model(model, model_opt))
     sparsities = [check_sparsity(s, "--sparsity") for s in (sparsity or [0.25, 0.5, 0.75])]
     sws = _sink_windows(sink_window or list(DEFAULT_SW))
     types = list(cache_types if cache_types is not None else DEFAULT_TYPES)
     for t in types:
         for part in _pair(t, "/", "--cache-type"):
             cache_type(part, "--cache-type")
-    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib (pip install 'rlkv-edge[plot]')")
+    if plot_path is not None:
+        check_plot_path(plot_path)
     if n_tokens < 16 or n_random < 0 or depth < 0:
         raise UsageError("--tokens must be >= 16, --random and --depth >= 0")
     tokens = text_tokens(target, text, n_tokens)

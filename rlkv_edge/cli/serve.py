@@ -11,19 +11,28 @@ from typing import Annotated
 import typer
 
 from rlkv_edge import _native
-from rlkv_edge.cli.app import note
+from rlkv_edge.cli.app import note, warn
 from rlkv_edge.cli.options import (
+    BatchOpt,
     BudgetOpt,
     CacheKOpt,
     CacheVOpt,
+    ChatTemplateOpt,
     CtxOpt,
+    FlashAttnOpt,
     GpuOpt,
+    MlockOpt,
     ModelArg,
+    ModelOpt,
+    NoMmapOpt,
     RuntimeOptions,
     SinkOpt,
     SparsityOpt,
     ThreadsOpt,
+    UbatchOpt,
     WindowOpt,
+    env,
+    one_model,
     resolve_model,
 )
 from rlkv_edge.errors import UsageError
@@ -34,8 +43,11 @@ from rlkv_edge.serve import check_server_extras, create_app, run_server
 
 def serve(
     model: ModelArg = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind (default: this machine only).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    model_opt: ModelOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", envvar=env("HOST"), help="Address to bind (default: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, envvar=env("PORT"), help="TCP port.")] = 8000,
     ctx: CtxOpt = 4096,
     sparsity: SparsityOpt = None,
     kv_budget: BudgetOpt = None,
@@ -45,13 +57,26 @@ def serve(
     cache_type_k: CacheKOpt = None,
     cache_type_v: CacheVOpt = None,
     threads: ThreadsOpt = None,
-    alias: Annotated[str | None, typer.Option("--alias", help="Model name clients use (default: file name).")] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", help="Require this bearer token.")] = None,
+    flash_attn: FlashAttnOpt = "auto",
+    batch_size: BatchOpt = None,
+    ubatch_size: UbatchOpt = None,
+    no_mmap: NoMmapOpt = False,
+    mlock: MlockOpt = False,
+    chat_template: ChatTemplateOpt = None,
+    alias: Annotated[
+        str | None,
+        typer.Option("--alias", "-a", envvar=env("ALIAS"), help="Model name clients use (default: file name)."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar=env("API_KEY"), help="Require this bearer token.")
+    ] = None,
     parallel: Annotated[
         int,
         typer.Option(
             "--parallel",
             "-np",
+            min=1,
+            envvar=env("N_PARALLEL"),
             help="Slots served at once. Above 1, llama.cpp's llama-server serves them (continuous batching, one "
             "unified KV cache of --ctx cells shared by the slots; --kv-budget covers all of them).",
         ),
@@ -62,11 +87,15 @@ def serve(
         raise UsageError(f"--port must be in 1..65535, got {port}")
     if parallel < 1:
         raise UsageError(f"--parallel must be >= 1, got {parallel}")
-    opts = RuntimeOptions(ctx, sparsity, kv_budget, sink, window, n_gpu_layers, cache_type_k, cache_type_v, threads)
+    opts = RuntimeOptions(
+        ctx, sparsity, kv_budget, sink, window, n_gpu_layers, cache_type_k, cache_type_v, threads,
+        flash_attn, batch_size, ubatch_size, not no_mmap, mlock, chat_template,
+    )  # fmt: skip
+    path = one_model(model, model_opt)
     if parallel > 1:
-        _exec_llama_server(opts, resolve_model(model), host, port, parallel, alias, api_key)
+        _exec_llama_server(opts, resolve_model(path), host, port, parallel, alias, api_key)
     check_server_extras()
-    llm = opts.open(resolve_model(model))
+    llm = opts.open(resolve_model(path))
     try:
         app = create_app(llm, alias=alias, api_key=api_key)
         note(f"{Path(llm.model_path).name}: {describe(llm)}")
@@ -92,9 +121,12 @@ def _exec_llama_server(
         raise UsageError("--parallel above 1 needs llama-server, which is not built (make install-tools)")
     if model.note:
         note(model.note)
+    opts = opts.for_model(model)
     use = opts.pick(model, n_seq=parallel)
     if use.budget_line:
         note(use.budget_line)
+    for line in opts.warnings(model, use, n_seq=parallel):
+        warn(line)
     args = [str(path), "-m", str(model.path), "--host", host, "--port", str(port), "-c", str(opts.ctx)]
     args += ["-np", str(parallel), "-kvu", "--no-webui"]
     if opts.n_gpu_layers:
@@ -103,7 +135,17 @@ def _exec_llama_server(
     if overrides:
         kv = [f"{k}={'float' if isinstance(v, float) else 'int'}:{v}" for k, v in overrides.items()]
         args += ["--override-kv", ",".join(kv)]
-    for flag, value in (("-t", opts.threads), ("-ctk", use.type_k), ("-ctv", use.type_v)):
+    load_mode = {(True, False): None, (False, False): "none", (True, True): "mmap+mlock", (False, True): "mlock"}
+    for flag, value in (
+        ("-t", opts.threads),
+        ("-ctk", use.type_k),
+        ("-ctv", use.type_v),
+        ("-fa", opts.flash_attn if opts.flash_attn != "auto" else None),
+        ("-b", opts.n_batch),
+        ("-ub", opts.n_ubatch),
+        ("--load-mode", load_mode[(opts.mmap, opts.mlock)]),  # llama.cpp's --no-mmap / --mlock of this version
+        ("--chat-template", opts.chat_template),
+    ):
         if value is not None:
             args += [flag, str(value)]
     if alias:

@@ -6,13 +6,14 @@ import importlib.util
 import shlex
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from rlkv_edge.cli.options import Backend, Dtype, Objective
 from rlkv_edge.errors import UsageError
 from rlkv_edge.train.config import TrainConfig
 
@@ -121,18 +122,20 @@ def train(
     reward: str = typer.Option(_D.reward, help="math | exact | module:function."),
     self_distill: bool = typer.Option(False, help="Keep only problems the unmodified model solves greedily."),
     buckets: str = typer.Option(_D.buckets, help="Self-distillation buckets 'lo-hi:count,...' (solution tokens)."),
-    backend: str = typer.Option(_D.backend, help="Attention kernel: auto | reference | triton."),
-    dtype: str = typer.Option(_D.dtype, help="auto | bfloat16 | float16 | float32."),
+    backend: Annotated[Backend, typer.Option(help="Attention kernel.")] = _D.backend,  # type: ignore[assignment]
+    dtype: Annotated[Dtype, typer.Option(help="Weights' dtype while training (auto: the model's).")] = _D.dtype,  # type: ignore[assignment]
     chat: bool | None = typer.Option(None, help="Use the chat template (default: when the tokenizer has one)."),
     prompt_template: str = typer.Option(
         _D.prompt_template, help="User message around each problem; must contain {question}."
     ),
-    objective: str = typer.Option(
-        _D.objective,
-        help="grpo: RL on a verifiable reward (--dataset, --reward); distill: keep the gated model's "
-        "next-token distribution close to the full model's on --text (no generation, cheap on a CPU); "
-        "ablation: training-free, the KL each head's ablation alone causes on --text (one forward pass per head).",
-    ),
+    objective: Annotated[
+        Objective,
+        typer.Option(
+            help="grpo: RL on a verifiable reward (--dataset, --reward); distill: keep the gated model's "
+            "next-token distribution close to the full model's on --text (no generation, cheap on a CPU); "
+            "ablation: training-free, the KL each head's ablation alone causes on --text (one forward pass per head).",
+        ),
+    ] = _D.objective,  # type: ignore[assignment]
     text: str | None = typer.Option(None, help="The long text of --objective distill / ablation."),
     text_tokens: int = typer.Option(
         _D.text_tokens, help="distill: tokens per training chunk; ablation: tokens of --text used."

@@ -25,52 +25,99 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"rlkv": rlkv.path, "minicpm": other.path, "heads": root / "heads.json", "root": root}
 
 
+CT = "'q3_k' is not one of 'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'iq4_nl'"
+NO_UNIT = "size '12' has no unit: write e.g. 12MiB, 12GiB or 12B"
+# (command line, text the one stderr line must hold): every command that takes a shared option refuses the same
+# bad value with the same words, naming the flag
 BAD = [
-    ["chat", "{rlkv}", "-s", "half"],
-    ["chat", "{rlkv}", "-s", "1.5"],
-    ["chat", "{rlkv}", "-s", "nan"],
-    ["chat", "{rlkv}", "--ctx", "0"],
-    ["chat", "{rlkv}", "--ctx", "abc"],
-    ["chat", "{rlkv}", "--threads", "0"],
-    ["chat", "{rlkv}", "--cache-type-k", "q9_0"],
-    ["chat", "{rlkv}", "-ctv", "f8"],
-    ["chat", "{rlkv}", "--kv-budget", "lots"],
-    ["chat", "{rlkv}", "--kv-budget", "1MiB", "-s", "0.5"],
-    ["chat", "{rlkv}", "--sink", "-1"],
-    ["chat", "{rlkv}", "--window", "0"],
-    ["chat", "{rlkv}", "--n-gpu-layers", "-2"],
-    ["chat", "{rlkv}", "--no-such-option"],
-    ["chat", "{root}/missing.gguf", "-p", "x"],
-    ["serve", "{rlkv}", "--port", "0"],
-    ["serve", "{rlkv}", "--port", "http"],
-    ["bench", "{rlkv}", "--depths", "a,b"],
-    ["bench", "{rlkv}", "--reps", "0", "--depths", "0"],
-    ["bench", "{rlkv}", "-s", "2"],
-    ["bench"],
-    ["eval", "{rlkv}"],
-    ["eval", "{rlkv}", "--text", "{root}/missing.txt"],
-    ["eval", "{rlkv}", "--tasks", "x.jsonl", "--max-tokens", "0"],
-    ["inspect", "{rlkv}", "-s", "-0.5"],
-    ["inspect", "{rlkv}", "--cache-type-k", "q9_0"],
-    ["inspect", "{root}/missing.gguf"],
-    ["inspect", "{heads}"],
-    ["convert", "{rlkv}"],
-    ["convert", "{rlkv}", "--mask", "{root}/missing.json"],
-    ["convert", "{minicpm}", "--mask", "{heads}", "-o", "{root}/out.gguf"],
-    ["convert", "{rlkv}", "--mask", "{heads}", "-s", "x"],
-    ["nonsense-command"],
+    (["chat", "{rlkv}", "-s", "half"], "'--sparsity' / '-s'"),
+    (["chat", "{rlkv}", "-s", "1.5"], "--sparsity must be in [0, 1], got 1.5"),
+    (["chat", "{rlkv}", "-s", "nan"], "--sparsity must be in [0, 1], got nan"),
+    (["chat", "{rlkv}", "--ctx", "-1"], "Invalid value for '--ctx-size' / '-c' / '--ctx'"),
+    (["chat", "{rlkv}", "--ctx", "abc"], "Invalid value for '--ctx-size' / '-c' / '--ctx'"),
+    (["chat", "{rlkv}", "--threads", "0"], "Invalid value for '--threads' / '-t'"),
+    (["chat", "{rlkv}", "--cache-type-k", "q9_0"], "'--cache-type-k' / '-ctk'"),
+    (["chat", "{rlkv}", "-ctv", "f8"], "'--cache-type-v' / '-ctv'"),
+    (["chat", "{rlkv}", "-ctk", "q3_k"], CT),
+    (["chat", "{rlkv}", "--kv-budget", "lots"], "cannot parse size 'lots'"),
+    (["chat", "{rlkv}", "--kv-budget", "12"], NO_UNIT),
+    (["chat", "{rlkv}", "--kv-budget", "1MiB", "-s", "0.5"], "give either --sparsity or --kv-budget, not both"),
+    (["chat", "{rlkv}", "--sink", "-1"], "Invalid value for '--sink'"),
+    (["chat", "{rlkv}", "--window", "0"], "Invalid value for '--window'"),
+    (["chat", "{rlkv}", "--n-gpu-layers", "-2"], "Invalid value for '--n-gpu-layers' / '-ngl'"),
+    (["chat", "{rlkv}", "-n", "-5"], "Invalid value for '--n-predict' / '-n'"),
+    (["chat", "{rlkv}", "--top-p", "2"], "Invalid value for '--top-p'"),
+    (["chat", "{rlkv}", "--min-p", "-0.1"], "Invalid value for '--min-p'"),
+    (["chat", "{rlkv}", "--top-k", "-1"], "Invalid value for '--top-k'"),
+    (["chat", "{rlkv}", "--temp", "-1"], "Invalid value for '--temp' / '--temperature'"),
+    (["chat", "{rlkv}", "--repeat-penalty", "0", "-p", "x"], "--repeat-penalty must be > 0, got 0.0"),
+    (["chat", "{rlkv}", "-fa", "maybe"], "Invalid value for '--flash-attn' / '-fa'"),
+    (["chat", "{rlkv}", "-ub", "0"], "Invalid value for '--ubatch-size' / '-ub'"),
+    (["chat", "{rlkv}", "-b", "0"], "Invalid value for '--batch-size' / '-b'"),
+    (["chat", "{rlkv}", "--json-schema", "[1,", "-p", "x"], "--json-schema: not valid JSON"),
+    (["chat", "{rlkv}", "--grammar", "x", "--json-schema", "true", "-p", "x"], "give one of --grammar, --json-schema"),
+    (["chat", "{rlkv}", "-p", "x", "-f", "{heads}"], "give --prompt or --file, not both"),
+    (["chat", "{rlkv}", "-m", "{root}/other.gguf"], "two models given"),
+    (["chat", "{rlkv}", "--no-such-option"], "No such option: --no-such-option"),
+    (["chat", "{root}/missing.gguf", "-p", "x"], "model file not found"),
+    (["serve", "{rlkv}", "--port", "0"], "Invalid value for '--port'"),
+    (["serve", "{rlkv}", "--port", "http"], "Invalid value for '--port'"),
+    (["serve", "{rlkv}", "-ctk", "q3_k"], CT),
+    (["serve", "{rlkv}", "--kv-budget", "12"], NO_UNIT),
+    (["serve", "{rlkv}", "-np", "0"], "Invalid value for '--parallel' / '-np'"),
+    (["bench", "{rlkv}", "--depths", "a,b"], "--depths"),
+    (["bench", "{rlkv}", "--reps", "0", "--depths", "0"], "Invalid value for '--reps' / '-r'"),
+    (["bench", "{rlkv}", "-s", "2"], "--sparsity must be in [0, 1], got 2.0"),
+    (["bench", "{rlkv}", "-ctk", "q3_k"], CT),
+    (["bench", "{rlkv}", "--fill", "fast"], "'fast' is not one of 'compute', 'mark'"),
+    (["bench", "{rlkv}", "-t", "0"], "Invalid value for '--threads' / '-t'"),
+    (["bench"], "missing MODEL: give a GGUF file first or with -m/--model"),
+    (["eval", "{rlkv}"], "--tasks"),
+    (["eval", "{rlkv}", "--text", "{root}/missing.txt"], "missing.txt"),
+    (["eval", "{rlkv}", "--tasks", "x.jsonl", "--max-tokens", "0"], "Invalid value for '--n-predict' / '-n'"),
+    (["eval", "{rlkv}", "-ctk", "q3_k"], CT),
+    (["eval", "{rlkv}", "-n", "-5"], "Invalid value for '--n-predict' / '-n'"),
+    (["frontier", "{rlkv}", "-f", "{heads}", "-n", "-5"], "Invalid value for '--n-predict' / '-n'"),
+    (["frontier", "{rlkv}", "-f", "{heads}", "--plot", "{root}/out.txt"], "--plot {root}/out.txt: write the plot to a"),
+    (["frontier", "{rlkv}", "--cache-type", "q3_k"], "frontier needs --text FILE"),
+    (["inspect", "{rlkv}", "-s", "-0.5"], "--sparsity must be in [0, 1], got -0.5"),
+    (["inspect", "{rlkv}", "--cache-type-k", "q9_0"], "'--cache-type-k' / '-ctk'"),
+    (["inspect", "{rlkv}", "-ctk", "q3_k"], CT),
+    (["inspect", "{rlkv}", "--ubatch", "0"], "Invalid value for '--ubatch-size' / '-ub' / '--ubatch'"),
+    (
+        ["inspect", "{rlkv}", "--plot", "{root}/out.txt"],
+        "--plot {root}/out.txt: write the plot to a .png, .pdf or .svg",
+    ),
+    (["inspect", "{root}/missing.gguf"], "missing.gguf"),
+    (["inspect", "{heads}"], "heads.json"),
+    (["convert", "{rlkv}"], "missing --mask HEADS"),
+    (["convert", "{rlkv}", "--mask", "{root}/missing.json"], "missing.json"),
+    (["convert", "{rlkv}", "-m", "{heads}"], "looks like a heads file: -m now means the model (as in llama.cpp)"),
+    (["convert", "{heads}", "-m", "{rlkv}"], "looks like a heads file: -m now means the model (as in llama.cpp)"),
+    (["convert", "{minicpm}", "--mask", "{heads}", "-o", "{root}/out.gguf"], "minicpm"),
+    (["convert", "{rlkv}", "--mask", "{heads}", "-s", "x"], "'--sparsity' / '-s'"),
+    (["train", "m", "--objective", "foo"], "'foo' is not one of 'grpo', 'distill', 'ablation'"),
+    (["train", "m", "--dtype", "float8"], "'float8' is not one of 'auto', 'bfloat16', 'float16', 'float32'"),
+    (["nonsense-command"], "No such command 'nonsense-command'"),
 ]
 
 
-@pytest.mark.parametrize("args", BAD, ids=lambda a: " ".join(a).replace("{", "").replace("}", ""))
-def test_bad_input_is_one_line_and_exit_2(models: dict[str, Path], args: list[str]) -> None:
-    """One stderr line starting `rlkv-edge: error:`, nothing else, exit code 2."""
+@pytest.mark.parametrize(("args", "says"), BAD, ids=[" ".join(a).replace("{", "").replace("}", "") for a, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(models: dict[str, Path], args: list[str], says: str) -> None:
+    """One stderr line starting `rlkv-edge: error:` that says what is wrong (naming the flag), exit code 2."""
     argv = [a.format(**models) for a in args]
     r = CliRunner().invoke(app, argv)
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 2, (argv, r.output)
     assert len(lines) == 1 and lines[0].startswith("rlkv-edge: error: "), (argv, r.stderr)
+    assert says.format(**models) in lines[0], (argv, lines[0])
     assert "Traceback" not in r.output and "╭" not in r.output
+
+
+def test_environment_default_is_checked_like_the_flag(models: dict[str, Path]) -> None:
+    """A bad RLKV_ARG_* value is refused as the flag would be, naming the variable."""
+    r = CliRunner().invoke(app, ["inspect", str(models["rlkv"])], env={"RLKV_ARG_CACHE_TYPE_K": "q3_k"})
+    assert r.exit_code == 2 and "RLKV_ARG_CACHE_TYPE_K" in r.stderr and CT in r.stderr
 
 
 def test_bad_float_names_the_option(models: dict[str, Path]) -> None:

@@ -41,7 +41,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
     save_heads(random_heads(3, 4, seed=7), tmp_path / "heads.json")
     heads = load_heads(tmp_path / "heads.json")
     runner = CliRunner()
-    r = runner.invoke(_app(), ["convert", str(src), "-m", str(tmp_path / "heads.json"), "-q"])
+    r = runner.invoke(_app(), ["convert", str(src), "--mask", str(tmp_path / "heads.json"), "-q"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(_app(), ["inspect", str(tmp_path / "m.rlkv.gguf"), "--json"])
     assert r.exit_code == 0, r.output
@@ -110,7 +110,7 @@ def test_plot(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--sparsity", "2"], "sparsity"), (["--ctx", "0"], "context"), (["--cache-type-k", "f17"], "f17")],
+    [(["--sparsity", "2"], "sparsity"), (["--ctx", "0"], "--ctx-size"), (["--cache-type-k", "f17"], "f17")],
 )
 def test_inspect_bad_options(tmp_path: Path, args: list[str], needle: str) -> None:
     """Bad options give one line on stderr and exit 2."""
@@ -171,7 +171,7 @@ def test_tie_warning_in_convert_and_inspect(tmp_path: Path) -> None:
     heads = HeadScores(np.array([[1.0, 0.3], [1.0, 1.0]], np.float32), sink_size=16, window_size=32)
     save_heads(heads, tmp_path / "heads.json")
     runner = CliRunner()
-    r = runner.invoke(_app(), ["convert", str(src), "-m", str(tmp_path / "heads.json"), "-s", "0.5"])
+    r = runner.invoke(_app(), ["convert", str(src), "--mask", str(tmp_path / "heads.json"), "-s", "0.5"])
     assert r.exit_code == 0, r.output
     assert "warning: 3 heads share score 1 at the cut: 2 of them are full" in r.output
     r = runner.invoke(_app(), ["inspect", str(tmp_path / "m.rlkv.gguf"), "-s", "0.5", "--json"])
