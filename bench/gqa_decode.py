@@ -18,12 +18,16 @@ Files of the r1-8b shape of bench/scale.py (random Q4_0 weights, depth by `--fil
     s=1/32 grouped 31 of the 32 KV heads full on the grouped path: nearly f16's cache, so s=0.5 against it is what
                    the head split alone buys at equal kernel
 
+With `--one-kernel` the two stock rows (r1-8b f16, MHA f16) decode on the grouped path too
+(RLKV_DECODE_ATTN=force), so every row but "s=0.5 ggml-FA" runs on one kernel; each column names the kernel that
+decoded it (counted from the runtime, not assumed).
+
 Tables: ms per token with the marginal cost of a (query head, cell) pair between depths; then speed-ups with the
 traffic model's prediction beside them. With `--neighbour-mib N` everything runs twice, pinned to the first
 `--threads` CPUs: once with the last CPU idle, once beside a process that reads an N MiB buffer over and over
 (it holds L3 and uses little memory bandwidth).
 
-    .venv/bin/python bench/gqa_decode.py [--threads 2] [--depths 1024,...,32256] [--neighbour-mib 24]
+    .venv/bin/python bench/gqa_decode.py [--threads 2] [--depths 1024,...,32256] [--neighbour-mib 24] [--one-kernel]
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ def table(results: list[BenchResult], depths: list[int]) -> tuple[str, list[dict
     """Markdown tables and JSON rows: ms/token and ns per pair; speed-ups, each with the traffic prediction."""
     f16, mha, fa, grouped, near = results
     ms_rows = [
-        "| depth | " + " | ".join(f"{r.label} ms/tok" for r in results) + " | ns/pair f16 | ns/pair MHA |",
+        "| depth | "
+        + " | ".join(f"{r.label} ({r.decode_kernel}) ms/tok" for r in results)
+        + " | ns/pair f16 | ns/pair MHA |",
         "|---:" * (len(results) + 3) + "|",
     ]
     x_rows = [
@@ -107,6 +113,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--neighbour-mib", type=int, default=0, help="also measure beside an N MiB cache-holding loop")
+    ap.add_argument(
+        "--one-kernel", action="store_true", help="stock rows on the grouped path too (RLKV_DECODE_ATTN=force)"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/gqa_decode.json"))
     args = ap.parse_args()
     depths = sorted(int(d) for d in args.depths.split(","))
@@ -121,6 +130,7 @@ def main() -> None:
         "n_tg": N_TG,
         "rlkv_edge": rlkv_edge.__version__,
         "grouped_decode": grouped_decode(),  # False: "rlkv grouped" ran ggml's flash attention too
+        "one_kernel": args.one_kernel,
         "runs": {},
     }
     t0 = time.perf_counter()
@@ -132,9 +142,10 @@ def main() -> None:
         heads = HeadScores(placeholder_scores(GQA.n_layer, GQA.n_head_kv), 64, 256, method="placeholder")
         convert_gguf(paths[GQA.name], heads, dst, progress=False)
         off, on = {"RLKV_DECODE_ATTN": "0"}, {"RLKV_DECODE_ATTN": "1"}
+        stock = {"RLKV_DECODE_ATTN": "force"} if args.one_kernel else None
         configs = [
-            BenchConfig("r1-8b f16", paths[GQA.name], None, type_k="f16", type_v="f16"),
-            BenchConfig("MHA f16", paths[MHA.name], None, type_k="f16", type_v="f16"),
+            BenchConfig("r1-8b f16", paths[GQA.name], None, type_k="f16", type_v="f16", env=stock),
+            BenchConfig("MHA f16", paths[MHA.name], None, type_k="f16", type_v="f16", env=stock),
             BenchConfig("s=0.5 ggml-FA", dst, 0.5, type_k="f16", type_v="f16", env=off),
             BenchConfig("s=0.5 grouped", dst, 0.5, type_k="f16", type_v="f16", env=on),
             BenchConfig("s=1/32 grouped", dst, 1 / 32, type_k="f16", type_v="f16", env=on),
@@ -157,7 +168,8 @@ def main() -> None:
             md, rows = table(results, depths)
             title = "alone" if run == "alone" else f"beside a {args.neighbour_mib} MiB cache-holding loop"
             print(f"\n## {title}: {args.threads} thread(s), tg{N_TG}, {args.reps} round-robin reps\n\n{md}")
-            record["runs"][run] = {"rows": rows, "tg_std": {r.label: r.tg_std for r in results}}
+            record["runs"][run] = {"rows": rows, "tg_std": {r.label: r.tg_std for r in results},
+                                   "decode_kernel": {r.label: r.decode_kernel for r in results}}  # fmt: skip
     record["neighbour_mib"] = args.neighbour_mib
     record["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")

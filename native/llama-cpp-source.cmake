@@ -133,7 +133,7 @@ function(rlkv_prepare_llama_cpp patch_file tree_dir)
     file(SIZE "${patch_file}" patch_size)
     if(patch_size GREATER 0)
         find_program(RLKV_PATCH_EXE patch REQUIRED)
-        execute_process(COMMAND "${RLKV_PATCH_EXE}" -p1 --batch --forward -i "${patch_file}"
+        execute_process(COMMAND "${RLKV_PATCH_EXE}" -p1 --batch --forward --fuzz=0 -i "${patch_file}"
                         WORKING_DIRECTORY "${tree_dir}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
         if(NOT rc EQUAL 0)
             message(FATAL_ERROR "rlkv: ${patch_file} does not apply to llama.cpp ${RLKV_LLAMA_CPP_COMMIT}:\n${out}")

@@ -76,6 +76,8 @@ class BenchResult:
     kv_bytes_local: int
     n_ctx: int
     decode: DecodeShape | None = None  # what the traffic model needs (None: not known)
+    # which attention kernel decoded its tokens: "grouped" (native/rlkv/rlkv-decode.cpp ran) or "ggml"
+    decode_kernel: str | None = None
     pp: dict[int, float] = field(default_factory=dict)  # depth -> tokens/s
     tg: dict[int, float] = field(default_factory=dict)
     pp_std: dict[int, float] = field(default_factory=dict)
@@ -302,7 +304,9 @@ def run_bench(
                     inf = runtime.info(llm)
                     full, local = runtime.kv_bytes(llm)
                     ring = runtime.kv_cells(llm)[1]
+                    runs0 = runtime.grouped_decode_runs()
                     pp, tg = bench_loaded(llm, depths, n_pp=n_pp, n_tg=n_tg, reps=1, fill=fill)
+                    kernel = "grouped" if runtime.grouped_decode_runs() > runs0 else "ggml"
                 finally:
                     llm.close()
             for d in depths:
@@ -311,12 +315,13 @@ def run_bench(
             if rep == 0:
                 decode = _decode_shape(files[cfg.path], inf, ring, tk or "f16", tv or "f16", weights)
                 results.append(BenchResult.of(cfg, inf, full, local, n_ctx, decode))
+                results[-1].decode_kernel = kernel
             if log:
                 cells = ", ".join(
                     [f"pp{n_pp}@{d} {pp[d][0]:.1f} t/s" for d in depths if pp[d]]
                     + [f"tg{n_tg}@{d} {tg[d][0]:.1f} t/s" for d in depths if tg[d]]
                 )
-                log(f"{cfg.label}: KV {format_mib(full + local)}; {cells}")
+                log(f"{cfg.label}: KV {format_mib(full + local)}, {kernel} decode; {cells}")
     for res, pp_r, tg_r in zip(results, pp_runs, tg_runs, strict=True):
         for d in depths:
             if pp_r[d]:
@@ -335,7 +340,7 @@ def predicted_tg_ratio(r: BenchResult, base: BenchResult, depth: int, n_tg: int 
 
 def markdown_table(results: Sequence[BenchResult], n_pp: int = 512, n_tg: int = 128) -> str:
     """llama-bench-style table; ratios are against the first result (the uncompressed model). For tg, the
-    ratio memory traffic predicts (rlkv_edge/traffic.py) and measured/predicted."""
+    ratio memory traffic predicts (rlkv_edge/traffic.py), measured/predicted, and the kernel that decoded."""
     base = results[0]
     rows = [
         "| model | sparsity | K/V | full heads | KV MiB | test | t/s | × base | × predicted | meas/pred |",
@@ -349,6 +354,8 @@ def markdown_table(results: Sequence[BenchResult], n_pp: int = 512, n_tg: int = 
         for kind, data, std, n in (("pp", r.pp, r.pp_std, n_pp), ("tg", r.tg, r.tg_std, n_tg)):
             for d, v in data.items():
                 test = f"{kind}{n}" + (f" @ d{d}" if d else "")
+                if kind == "tg" and r.decode_kernel:
+                    test += f" ({r.decode_kernel})"  # the attention kernel that decoded (RLKV_DECODE_ATTN)
                 sd = std.get(d, 0.0)
                 speed = f"{v:.2f} ± {sd:.2f}" if sd else f"{v:.2f}"
                 ref = (base.pp if kind == "pp" else base.tg).get(d)

@@ -96,6 +96,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.llama_rlkv_fill_seq.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32]
     lib.llama_rlkv_grouped_decode.restype = ctypes.c_bool
     lib.llama_rlkv_grouped_decode.argtypes = []
+    lib.llama_rlkv_grouped_decode_runs.restype = ctypes.c_uint64
+    lib.llama_rlkv_grouped_decode_runs.argtypes = []
     lib._rlkv_bound = True  # type: ignore[attr-defined]
     return lib
 
@@ -277,8 +279,14 @@ def fill_seq(llm: Any, n_tokens: int, seq_id: int = 0) -> None:
 
 def grouped_decode() -> bool:
     """Whether decoded tokens read each K/V row of a CPU cache once per GQA group (native/rlkv/rlkv-decode.h);
-    False without AVX2/FMA/F16C or with RLKV_DECODE_ATTN=0 in the environment."""
+    False without AVX2/FMA or with RLKV_DECODE_ATTN=0 in the environment. The upstream cache (no rlkv metadata,
+    s = 0) takes that path only with RLKV_DECODE_ATTN=force."""
     return bool(native().llama_rlkv_grouped_decode())
+
+
+def grouped_decode_runs() -> int:
+    """Attention nodes computed on the grouped decode path so far in this process (which kernel ran)."""
+    return int(native().llama_rlkv_grouped_decode_runs())
 
 
 def full_head_mask_native(scores: Any, sparsity: float) -> tuple[int, Any]:

@@ -18,6 +18,8 @@
 //                              optionally, the [L*H] 0/1 mask of full heads, for any scores (not only sorted ones).
 //   llama_rlkv_grouped_decode() whether a decoded token's attention over an F16 cache in host memory reads each K/V
 //                              row once per GQA group (native/rlkv/rlkv-decode.h) rather than once per query head.
+//   llama_rlkv_grouped_decode_runs() how many attention nodes the grouped decode path has computed in this process
+//                              (a benchmark says from it which kernel a row ran on).
 #pragma once
 
 #include "llama.h"
@@ -73,8 +75,12 @@ LLAMA_API int32_t llama_rlkv_fill_seq(
         llama_seq_id           seq_id,
         int32_t                n_tokens);
 
-// true on x86-64 with AVX2/FMA/F16C unless the environment has RLKV_DECODE_ATTN=0 (read when a graph is built)
+// true on x86-64 with AVX2/FMA/F16C unless the environment has RLKV_DECODE_ATTN=0 (read when a graph is built);
+// the upstream cache (no rlkv metadata, s = 0) uses the path only with RLKV_DECODE_ATTN=force
 LLAMA_API bool llama_rlkv_grouped_decode(void);
+
+// attention nodes (one per layer and cache of a decoded ubatch) computed on the grouped decode path so far
+LLAMA_API uint64_t llama_rlkv_grouped_decode_runs(void);
 
 // scores: [n_layer*n_head_kv] layer-major; n_full_per_layer: [n_layer] (may be NULL); full_mask: [n_layer*n_head_kv]
 // (may be NULL), 1 = full head. returns k_full (number of full heads), or -1 on invalid input

@@ -161,3 +161,7 @@ int32_t llama_rlkv_n_full_heads(
 bool llama_rlkv_grouped_decode(void) {
     return llama_rlkv_decode_attn_enabled();
 }
+
+uint64_t llama_rlkv_grouped_decode_runs(void) {
+    return llama_rlkv_decode_attn_runs();
+}

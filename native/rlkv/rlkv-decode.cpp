@@ -4,7 +4,10 @@
 #include "ggml-backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -17,6 +20,9 @@
 #else
 #define RLKV_DECODE_X86 0
 #endif
+
+// grouped decode nodes computed in this process (llama_rlkv_decode_attn_runs)
+static std::atomic<uint64_t> rlkv_decode_runs{0};
 
 #if RLKV_DECODE_X86
 namespace {
@@ -372,6 +378,10 @@ RLKV_AVX2 void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*u
     const int64_t n_q      = dst->ne[1];
     const int64_t n_tokens = p->ne[3];
 
+    if (ith == 0) {
+        rlkv_decode_runs.fetch_add(1, std::memory_order_relaxed);
+    }
+
     for (int64_t i = ith; i < n_q*n_tokens; i += nth) {
         const int64_t g = i%n_q;
         const int64_t t = i/n_q;
@@ -423,6 +433,23 @@ bool llama_rlkv_decode_attn_enabled() {
 #else
     return false;
 #endif
+}
+
+bool llama_rlkv_decode_attn_forced() {
+    const char * env = std::getenv("RLKV_DECODE_ATTN");
+    return env && std::strcmp(env, "force") == 0 && llama_rlkv_decode_attn_enabled();
+}
+
+uint64_t llama_rlkv_decode_attn_runs() {
+    return rlkv_decode_runs.load(std::memory_order_relaxed);
+}
+
+const float * llama_rlkv_decode_scale(float kq_scale) {
+    // a model has one or a few scales; std::set's nodes never move, so the pointers stay valid for the process
+    static std::mutex       mutex;
+    static std::set<float>  scales;
+    std::lock_guard<std::mutex> lock(mutex);
+    return &*scales.insert(kq_scale).first;
 }
 
 ggml_tensor * llama_rlkv_build_decode_attn(

@@ -17,12 +17,26 @@
 // stream each or in a unified cache), F16 K and V rows of the same size (a multiple of 8), V not transposed (flash
 // attention on), an F16 mask, no ALiBi, soft-capping or sinks, x86-64 with AVX2/FMA/F16C. Anything else, or
 // RLKV_DECODE_ATTN=0 in the environment, gets nullptr and the caller builds ggml_flash_attn_ext.
+//
+// RLKV_DECODE_ATTN (read when a graph is built): unset or "1": the rlkv cache's layers; "force": also the upstream
+// cache (files without rlkv metadata, s = 0), so that stock and rlkv files can be timed on one kernel; "0": none.
 #pragma once
 
 #include "ggml.h"
 
-// whether this process may use the grouped decode path (CPU features, RLKV_DECODE_ATTN)
+#include <cstdint>
+
+// whether this process may use the grouped decode path (CPU features, RLKV_DECODE_ATTN != 0)
 bool llama_rlkv_decode_attn_enabled();
+
+// whether the upstream KV cache's decode uses it too (RLKV_DECODE_ATTN=force and enabled)
+bool llama_rlkv_decode_attn_forced();
+
+// grouped decode nodes computed so far in this process (one per layer and cache of a decoded ubatch)
+uint64_t llama_rlkv_decode_attn_runs();
+
+// a pointer to kq_scale that stays valid for the process (for graphs whose input object has nowhere to keep it)
+const float * llama_rlkv_decode_scale(float kq_scale);
 
 // q: [D, n_q_heads, n_tokens] F32; k, v: [D, n_kv_heads, n_kv, n_stream] F16 views of one cache's layer; kq_mask:
 // [n_kv, n_tokens/n_stream, 1, n_stream] F16; kq_scale must outlive the graph. Returns [D*n_q_heads, n_tokens] (as

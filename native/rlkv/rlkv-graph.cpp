@@ -304,3 +304,19 @@ ggml_tensor * llama_rlkv_build_attn(
 
     return cur;
 }
+
+ggml_tensor * llama_rlkv_build_attn_upstream(
+        const llm_graph_context & g,
+        ggml_tensor * q,
+        ggml_tensor * k,
+        ggml_tensor * v,
+        ggml_tensor * kq_b,
+        ggml_tensor * kq_mask,
+        ggml_tensor * sinks,
+        float         kq_scale) {
+    if (!llama_rlkv_decode_attn_forced() || kq_b != nullptr || sinks != nullptr || g.cparams.training ||
+        !g.cparams.flash_attn || g.hparams.attn_soft_cap || g.hparams.f_max_alibi_bias != 0.0f) {
+        return nullptr;
+    }
+    return llama_rlkv_build_decode_attn(g.ctx0, q, k, v, kq_mask, llama_rlkv_decode_scale(kq_scale));
+}

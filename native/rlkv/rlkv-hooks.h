@@ -36,3 +36,15 @@ ggml_tensor * llama_rlkv_build_attn(
         ggml_tensor * sinks,
         float         kq_scale,
         int           il);
+
+// the upstream cache's attention of decoded tokens on the grouped decode path (rlkv-decode.h) when the environment
+// has RLKV_DECODE_ATTN=force and the case is covered; nullptr otherwise (the caller then runs build_attn_mha)
+ggml_tensor * llama_rlkv_build_attn_upstream(
+        const llm_graph_context & g,
+        ggml_tensor * q,
+        ggml_tensor * k,
+        ggml_tensor * v,
+        ggml_tensor * kq_b,
+        ggml_tensor * kq_mask,
+        ggml_tensor * sinks,
+        float         kq_scale);

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from app_fixtures import run_cli, smollm2_rlkv, tiny_rlkv
+from app_fixtures import ENV, run_cli, smollm2_rlkv, tiny_rlkv
 from gguf_fixtures import smollm2_path, write_tiny_gguf
+
+from rlkv_edge.runtime import grouped_decode
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,19 @@ def test_bench_fill_mark_and_traffic_model(tiny: Path) -> None:
     assert half["tg_ratio_predicted"]["600"] > 1.0 >= half["tg_ratio_predicted"]["0"] * 0.99
     assert half["decode_bytes_per_token"]["600"] < none["decode_bytes_per_token"]["600"]
     assert half["decode"]["n_full"] == 2 and half["decode"]["ring_cells"] > 0
+
+
+@pytest.mark.parametrize("env, kernels", [("1", ["ggml", "grouped"]), ("force", ["grouped", "grouped"]),
+                                          ("0", ["ggml", "ggml"])])  # fmt: skip
+def test_bench_says_which_kernel_decoded(tiny: Path, env: str, kernels: list[str]) -> None:
+    """Each result names the kernel its tokens were decoded on: the grouped path serves the rlkv cache, and the
+    stock cache too with RLKV_DECODE_ATTN=force (so every row can run on one kernel); ggml's with =0."""
+    if not grouped_decode():
+        pytest.skip("this CPU lacks AVX2/FMA: the grouped decode path is off")
+    args = ["-s", "0.5", "--depths", "0", "-p", "8", "-n", "4", "-t", "2", "--ctx", "512", "--json"]
+    r = run_cli("bench", str(tiny), *args, env={**ENV, "RLKV_DECODE_ATTN": env})
+    assert r.returncode == 0, r.stderr
+    assert [x["decode_kernel"] for x in json.loads(r.stdout)["results"]] == kernels
 
 
 def test_bench_table_with_baseline_file(tiny: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""The grouped decode path (native/rlkv/rlkv-decode.cpp) gives a sequence the same logits, bit for bit, at 1, 2
+"""The grouped decode path (native/rlkv/rlkv-decode.cpp): a sequence gets the same logits, bit for bit, at 1, 2
 and 4 threads, beside another sequence's cells (unified cache) and beside another sequence in the same ubatch
-(one stream each): its chunks of cells follow the sequence's own visible cells, not n_kv or the thread count
-(issue 28, docs/DESIGN.md §4)."""
+(one stream each), since its chunks of cells follow the sequence's own visible cells, not n_kv or the thread
+count; with RLKV_DECODE_ATTN=force the upstream cache (no rlkv metadata, s = 0) decodes on it too and matches
+the float64 reference (issue 28, docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,22 @@ import numpy as np
 import pytest
 from gguf_fixtures import write_tiny_gguf
 from reference import RefModel
-from tiny_runtime import N_GPU_LAYERS, N_VOCAB, REF_TOL, SINK, WINDOW, make_weights, random_tokens, rel_err, write_gguf
+from tiny_runtime import (
+    N_GPU_LAYERS,
+    N_VOCAB,
+    REF_TOL,
+    SINK,
+    WINDOW,
+    eval_tokens,
+    load,
+    make_weights,
+    random_tokens,
+    rel_err,
+    write_gguf,
+)
 
 from rlkv_edge.masks import full_heads_per_layer
-from rlkv_edge.runtime import grouped_decode
+from rlkv_edge.runtime import grouped_decode, grouped_decode_runs
 
 pytestmark = pytest.mark.skipif(N_GPU_LAYERS > 0, reason="the grouped decode path serves caches in host memory only")
 
@@ -30,6 +43,15 @@ def gqa(tmp_path_factory):
                             add_bos=False)  # fmt: skip
     rlkv = dict(scores=SCORES, sparsity=0.5, sink=SINK, window=WINDOW)
     return write_gguf(d / "rlkv.gguf", model, rlkv=rlkv), model
+
+
+@pytest.fixture
+def grouped(monkeypatch):
+    """Skip where the CPU cannot run the grouped decode path."""
+    monkeypatch.delenv("RLKV_DECODE_ATTN", raising=False)
+    if not grouped_decode():
+        pytest.skip("this CPU lacks AVX2/FMA: the grouped decode path is off")
+    return monkeypatch
 
 
 def _batch(ctx, items):
@@ -78,14 +100,12 @@ def _run(path, threads, *, unified, n_b=0, together=False):
         llama_cpp.llama_model_free(model)
 
 
-def test_decode_is_the_same_at_any_thread_count_and_beside_other_sequences(gqa, monkeypatch):
+def test_decode_is_the_same_at_any_thread_count_and_beside_other_sequences(gqa, grouped):
     """A's decoded logits: equal at 1, 2, 4 threads and with B's cells between A's (unified cache); decoded in one
     ubatch with B (one stream each), equal whether B is shorter or longer than A (then n_kv is B's); and they match
     the reference. (A ubatch of two tokens is not compared with one of one: ggml's matrix products differ.)"""
-    monkeypatch.setenv("RLKV_DECODE_ATTN", "1")
-    if not grouped_decode():
-        pytest.skip("this CPU lacks AVX2/FMA: the grouped decode path is off")
     path, model = gqa
+    runs0 = grouped_decode_runs()
     runs = {
         "1 thread": _run(path, 1, unified=True),
         "2 threads": _run(path, 2, unified=True),
@@ -100,7 +120,39 @@ def test_decode_is_the_same_at_any_thread_count_and_beside_other_sequences(gqa, 
     long_b = _run(path, 1, unified=False, n_b=1800, together=True)  # n_kv alone changes
     assert np.array_equal(short_b, long_b), float(np.abs(short_b - long_b).max())
 
+    assert grouped_decode_runs() > runs0  # the grouped path ran
+
     a = random_tokens(N_A + N_DEC, seed=51)
     n_full = full_heads_per_layer(SCORES, 0.5)
     ref = RefModel(model, n_full=n_full, sink=SINK, window=WINDOW).forward(a, np.arange(len(a)))[N_A:]
     assert rel_err(first, ref) <= REF_TOL
+
+
+def test_force_puts_the_upstream_cache_on_the_grouped_path(gqa, grouped, tmp_path):
+    """RLKV_DECODE_ATTN=force: a file without rlkv metadata and one at s = 0 (both on the upstream cache) decode on
+    the grouped path (its node count grows; the logits differ from ggml's flash attention in the low bits, as the
+    grouped path sums V in F32) and match the float64 reference; the two files give the same logits. Unset, the
+    upstream cache keeps ggml's path."""
+    _, model = gqa
+    plain = model.path
+    s0 = write_gguf(tmp_path / "s0.gguf", model, rlkv=dict(scores=SCORES, sparsity=0.0, sink=SINK, window=WINDOW))
+    toks = random_tokens(600, seed=53)
+    ref = RefModel(model).forward(toks, np.arange(len(toks)))
+
+    def decode(path, env):
+        grouped.setenv("RLKV_DECODE_ATTN", env)
+        llm = load(path, n_ctx=1024, n_batch=8, n_ubatch=8, type_k=1, type_v=1)  # F16 K/V
+        runs0 = grouped_decode_runs()
+        try:
+            return eval_tokens(llm, toks, one_by_one=True), grouped_decode_runs() - runs0
+        finally:
+            llm.close()
+
+    ggml, n_ggml = decode(plain, "1")
+    forced, n_forced = decode(plain, "force")
+    forced_s0, n_forced_s0 = decode(s0, "force")
+    assert n_ggml == 0
+    assert n_forced == n_forced_s0 == len(toks) * model.n_layer  # one node per layer and token
+    assert rel_err(forced, ref) <= REF_TOL and rel_err(ggml, ref) <= REF_TOL
+    assert not np.array_equal(forced, ggml)
+    assert np.array_equal(forced, forced_s0)
