@@ -1,9 +1,13 @@
-"""`rlkv-edge doctor`: which llama.cpp library is in use, how it was built, what this machine offers."""
+"""`rlkv-edge doctor`: which llama.cpp library is in use, how it was built, what this machine offers (torch is
+imported only with --train; piped output is plain `name: value` lines)."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -13,11 +17,37 @@ from rlkv_edge.cli.llama import TOOLS
 from rlkv_edge.errors import NativeLibraryError
 
 
-def doctor() -> None:
+class _Rows:
+    """(name, value) rows: a rich table on a terminal, plain `name: value` lines otherwise."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+
+    def add_row(self, name: str, value: str) -> None:
+        """One row."""
+        self.rows.append((name, value))
+
+    def show(self) -> None:
+        """Print the rows to stdout."""
+        if not sys.stdout.isatty():
+            for name, value in self.rows:
+                typer.echo(f"{name}: {value}")
+            return
+        table = Table(show_header=False, box=None)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for name, value in self.rows:
+            table.add_row(name, value, style="red" if value.startswith("error:") else None)
+        Console(highlight=False).print(table)
+
+
+def doctor(
+    train: Annotated[
+        bool, typer.Option("--train", help="Also import torch and report its version and the GPU it sees (slow).")
+    ] = False,
+) -> None:
     """Show which llama.cpp library is in use, how it was built, and what this machine offers."""
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
+    table = _Rows()
     table.add_row("rlkv-edge", rlkv_edge.__version__)
     try:
         lib_file = _native.library_file()
@@ -44,13 +74,16 @@ def doctor() -> None:
             table.add_row(name, str(path) if path else "not built (make install-tools)")
         table.add_row("system", _native.system_info())
     except NativeLibraryError as e:
-        table.add_row("library", f"[red]{e}[/red]")
+        table.add_row("library", f"error: {e}")
     train_ok = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "trl"))
     missing = "not installed (pip install 'rlkv-edge[train]')"
-    table.add_row("train extra", "installed" if train_ok else missing)
-    if train_ok:
+    table.add_row(
+        "train extra",
+        ("installed" if train_ok else missing) + ("" if train else " (doctor --train: torch and its GPU)"),
+    )
+    if train and train_ok:
         import torch
 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible to torch"
         table.add_row("torch", f"{torch.__version__}, GPU: {gpu}")
-    Console().print(table)
+    table.show()

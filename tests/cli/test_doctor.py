@@ -27,3 +27,23 @@ def test_doctor_lists_backends_and_devices() -> None:
         assert f"device {dev.name}" in out
     if not _native.gpu_devices():
         assert "no GPU device" in out
+
+
+def test_doctor_is_plain_when_piped_and_does_not_import_torch() -> None:
+    """Piped: one `name: value` line per row, nothing folded or coloured; torch only with --train."""
+    import subprocess
+    import sys
+
+    proc = run_cli("doctor")
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("rlkv-edge: ") and all(": " in line for line in lines), proc.stdout
+    lib = next(line for line in lines if line.startswith("library: "))
+    assert lib.removeprefix("library: ") == str(_native.library_file())  # one line, not folded
+    assert "\x1b[" not in proc.stdout and "torch:" not in proc.stdout
+    code = (
+        "import sys; from typer.testing import CliRunner; from rlkv_edge.cli import app; "
+        "r = CliRunner().invoke(app, ['doctor']); assert r.exit_code == 0, r.output; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
