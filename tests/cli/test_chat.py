@@ -229,3 +229,15 @@ def test_sparsity_steps_match_mask_rule() -> None:
     assert parse_size("64MiB") == 64 * 2**20
     assert parse_size("1.5 GiB") == int(1.5 * 2**30)
     assert parse_size("500MB") == 500 * 10**6
+
+
+def test_quality_warnings_on_stderr(tiny: Path) -> None:
+    """A context above the trained one and a sparsity leaving no full heads each get one warning line; it runs."""
+    r = run_cli("chat", str(tiny), "-p", "the cat", "-n", "2", "-c", "4160", "-s", "0.9", "-t", "2", "--temp", "0")
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("rlkv-edge: warning: ")]
+    assert len(warnings) == 2, r.stderr
+    assert "context 4160 is above the model's trained context (4096 tokens)" in warnings[0]
+    assert "sparsity 0.9 leaves 2 of 2 layers without a full head (0 of 4 heads full)" in warnings[1]
+    r = run_cli("chat", str(tiny), "-p", "the cat", "-n", "2", "-c", "256", "-t", "2", "--temp", "0")
+    assert "warning" not in r.stderr

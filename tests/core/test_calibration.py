@@ -85,3 +85,26 @@ def test_a_short_calibration_is_said() -> None:
     budget = _bytes(POINTS[0])
     assert "much shorter text" not in choose_config(INFO, CAL, budget, 2048).describe()  # 1024-token calibration
     assert "much shorter text" in choose_config(INFO, CAL, budget, N_CTX).describe()
+
+
+def test_config_warnings() -> None:
+    """One line each: context above the trained one, most layers without a full head, a dominated point."""
+    from rlkv_edge.calibration import config_warnings, dominating
+
+    info = {**INFO, "context_length": 4096, "sparsity": 0.5}
+    # f16 at s=0.5 S4/W16 (KL 0.20): some calibrated point needs no more memory at 8k and has a lower KL
+    f16_half = POINTS[3]
+    better = dominating(CAL, info, N_CTX, f16_half)
+    assert better is not None and better.mean_kl < f16_half.mean_kl and _bytes(better) <= _bytes(f16_half)
+    lines = config_warnings(info, CAL, N_CTX, sparsity=0.5, sink=4, window=16)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("context 8192 is above the model's trained context (4096 tokens)")
+    assert lines[1].startswith("this configuration (K f16, V f16, s=0.5, S4/W16; calibrated KL 0.2) is dominated: ")
+    # s = 0.9 leaves 0 of 4 heads full: both layers only sink + window
+    lines = config_warnings(info, None, 2048, sparsity=0.9, sink=None, window=None)
+    assert lines == [
+        "sparsity 0.9 leaves 2 of 2 layers without a full head (0 of 4 heads full): most layers see only sink + "
+        "window tokens, where quality falls off (lower the sparsity or raise the budget)"
+    ]
+    assert config_warnings(info, CAL, 2048, sparsity=0.0, sink=4, window=16) == []  # f16 full: the best KL
+    assert config_warnings({"context_length": 4096}, None, 2048, sparsity=None, sink=None, window=None) == []
