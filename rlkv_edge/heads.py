@@ -256,6 +256,43 @@ def save_heads(h: HeadScores, path: str | os.PathLike[str]) -> None:
     atomic_write_text(Path(path), json.dumps(obj, indent=1) + "\n")
 
 
+# Where each system reads a head pattern: DuoAttention's loaders (full_attention_heads.tsv + config.json with
+# sink_size / recent_size) and RLKV's released gates (adapter_weights.tsv). `_load_tsv` reads both back.
+EXPORT_FILES = {"duoattention": "full_attention_heads.tsv", "rlkv": "adapter_weights.tsv"}
+
+
+def export_pattern(h: HeadScores, fmt: str, out: str | os.PathLike[str], force: bool = False) -> list[Path]:
+    """Write `h` as DuoAttention's or RLKV's pattern: the TSV (L rows x H scores) and a config.json beside it
+    (sink_size, recent_size), the exact inverse of `load_heads` on them. `out` is a folder (created) or a *.tsv
+    path; an existing config.json that says something else is kept unless `force`. Returns the files written."""
+    if fmt not in EXPORT_FILES:
+        raise HeadsFileError(f"unknown pattern format '{fmt}' (one of {', '.join(EXPORT_FILES)})")
+    out = Path(out)
+    tsv = out if out.suffix.lower() == ".tsv" else out / EXPORT_FILES[fmt]
+    if out.suffix.lower() != ".tsv":
+        if out.exists() and not out.is_dir():
+            raise HeadsFileError(f"{out}: not a folder (give a folder, or a path ending in .tsv)")
+        out.mkdir(parents=True, exist_ok=True)
+    elif not tsv.parent.is_dir():
+        raise HeadsFileError(f"{tsv.parent}: no such folder")
+    config = tsv.parent / "config.json"
+    body = {
+        "sink_size": int(h.sink_size),
+        "recent_size": int(h.window_size),
+        "method": h.method,
+        "model": h.model.get("name"),
+        "n_layer": h.n_layer,
+        "n_head_kv": h.n_head_kv,
+        "exported_by": "rlkv-edge",
+    }
+    text = json.dumps(body, indent=1) + "\n"
+    if config.is_file() and not force and config.read_text(encoding="utf-8", errors="replace") != text:
+        raise HeadsFileError(f"{config} exists and would be replaced (pass --force, or export into an empty folder)")
+    export_tsv(h, tsv)
+    atomic_write_text(config, text)
+    return [tsv, config]
+
+
 def export_tsv(h: HeadScores, path: str | os.PathLike[str]) -> None:
     """Write a DuoAttention-style TSV (L rows × H tab-separated scores) atomically."""
     lines = ["\t".join(_fmt(v) for v in row) for row in h.scores]

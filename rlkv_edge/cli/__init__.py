@@ -8,7 +8,7 @@ from __future__ import annotations
 from rlkv_edge.cli.app import app
 from rlkv_edge.cli.bench import bench
 from rlkv_edge.cli.chat import chat
-from rlkv_edge.cli.convert import convert, inspect
+from rlkv_edge.cli.convert import convert, export, inspect
 from rlkv_edge.cli.doctor import doctor
 from rlkv_edge.cli.eval import eval_cmd
 from rlkv_edge.cli.frontier import frontier
@@ -19,6 +19,7 @@ from rlkv_edge.cli.train import train
 app.command("doctor")(doctor)
 app.command("convert")(convert)
 app.command("inspect")(inspect)
+app.command("export")(export)
 app.command("train")(train)
 app.command("chat")(chat)
 app.command("bench")(bench)

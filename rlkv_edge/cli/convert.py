@@ -1,4 +1,5 @@
-"""`rlkv-edge convert` (re-order a GGUF's heads, add rlkv.* keys) and `rlkv-edge inspect` (read them back)."""
+"""`rlkv-edge convert` (re-order a GGUF's heads, add rlkv.* keys), `rlkv-edge inspect` (read them back) and
+`rlkv-edge export` (a heads file as a DuoAttention / RLKV head pattern)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from typing import Annotated, Any
 import typer
 
 from rlkv_edge.cli.app import progress
-from rlkv_edge.cli.options import CacheKOpt, CacheVOpt, ModelOpt, ThreadsOpt, check_plot_path, need_model
+from rlkv_edge.cli.options import (
+    CacheKOpt,
+    CacheVOpt,
+    ModelOpt,
+    PatternFormat,
+    ThreadsOpt,
+    check_plot_path,
+    need_model,
+)
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.convert.inspect import plot_scores, render_report
 from rlkv_edge.errors import Interrupted, UsageError
 from rlkv_edge.evaluate import read_text_file, text_tokens
 from rlkv_edge.frontier import calibrate as calibrate_model
-from rlkv_edge.heads import HeadScores, load_heads
+from rlkv_edge.heads import HeadScores, export_pattern, load_heads
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.memory import DEFAULT_UBATCH, kv_memory
 from rlkv_edge.metadata import read_rlkv_info
@@ -165,3 +174,28 @@ def inspect(
         typer.echo(json.dumps({**info, "memory": memory}))
     else:
         typer.echo(render_report(info, memory, plot))
+
+
+def export(
+    heads_file: Annotated[
+        Path, typer.Argument(help="A heads file: heads.json (rlkv-edge train) or a DuoAttention / RLKV *.tsv.")
+    ],
+    fmt: Annotated[
+        PatternFormat,
+        typer.Option(
+            "--format",
+            "-F",
+            case_sensitive=False,
+            help="duoattention: full_attention_heads.tsv + config.json (DuoAttention's loaders); rlkv: "
+            "adapter_weights.tsv + config.json (RLKV's released gates).",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="A folder (created) or a *.tsv path; config.json goes beside it.")
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace a config.json that says something else.")] = False,
+) -> None:
+    """Write a heads file as a DuoAttention or RLKV head pattern, for the servers that read those (the exact
+    inverse of the import: convert --mask on the result gives the same ranking)."""
+    for path in export_pattern(load_heads(heads_file), fmt, output, force=force):
+        typer.echo(str(path))

@@ -37,6 +37,7 @@ Fill = Literal["compute", "mark"]  # rlkv_edge.bench.FILLS
 Objective = Literal["grpo", "distill", "ablation"]  # train.config.OBJECTIVES
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Backend = Literal["auto", "reference", "triton"]
+PatternFormat = Literal["duoattention", "rlkv"]  # rlkv_edge.heads.EXPORT_FILES
 
 
 def env(name: str) -> str:

@@ -231,3 +231,27 @@ def test_bad_input_subprocess(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("rlkv-edge: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["duoattention", "rlkv"])
+def test_export_then_convert_gives_the_same_file_layout(tmp_path: Path, fmt: str) -> None:
+    """`export HEADS --format F -o DIR` then `convert --mask DIR`: the same head order and F_l as from HEADS."""
+    import numpy as np
+
+    from rlkv_edge.cli import app
+    from rlkv_edge.heads import HeadScores
+
+    src = write_tiny_gguf(tmp_path / "m.gguf").path
+    save_heads(HeadScores(np.array([[0.9, 0.2], [0.5, 0.5]]), sink_size=4, window_size=16), tmp_path / "h.json")
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "h.json"), "--format", fmt, "-o", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[1] == str(tmp_path / "p" / "config.json")
+    infos = []
+    for mask, out in ((tmp_path / "h.json", tmp_path / "a.gguf"), (tmp_path / "p", tmp_path / "b.gguf")):
+        r = CliRunner().invoke(app, ["convert", "-m", str(src), "--mask", str(mask), "-o", str(out), "-q"])
+        assert r.exit_code == 0, r.output
+        infos.append(read_rlkv_info(out))
+    for key in ("head_scores", "head_perm", "scores", "sink_size", "window_size", "sparsity"):
+        assert infos[0].get(key) == infos[1].get(key), key
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "h.json"), "--format", "sglang", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "'sglang' is not one of 'duoattention', 'rlkv'" in r.stderr
