@@ -249,9 +249,45 @@ def load_heads(path: str | os.PathLike[str]) -> HeadScores:
     return heads
 
 
+def portable_path(value: str) -> str:
+    """A path as a heads file records it: relative paths as given, an absolute one by its file name only (a heads
+    file travels between machines: no home folders, checkouts or temporary folders)."""
+    return os.path.basename(value.rstrip("/")) or value if os.path.isabs(value) else value
+
+
+def _portable_command(command: str) -> str:
+    """A recorded command line with every absolute path argument (also --flag=/path) cut to its file name."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    out = []
+    for word in words:
+        flag, eq, value = word.partition("=")
+        out.append(f"{flag}={portable_path(value)}" if eq and flag.startswith("-") else portable_path(word))
+    return shlex.join(out)
+
+
+def portable(value: Any, key: str = "") -> Any:
+    """`value` with absolute paths replaced as `portable_path` does, in strings, lists and dicts (a `command`
+    string word by word): what save_heads writes into a heads file's model and training blocks."""
+    if isinstance(value, str):
+        return _portable_command(value) if key == "command" else portable_path(value)
+    if isinstance(value, dict):
+        return {k: portable(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    return value
+
+
 def save_heads(h: HeadScores, path: str | os.PathLike[str]) -> None:
-    """Write heads.json atomically."""
+    """Write heads.json atomically; absolute paths in its model and training blocks are cut to file names
+    (`portable`), so the file records what the user passed, not the layout of the machine it was made on."""
     obj = h.to_dict()
+    obj["model"] = portable(obj["model"])
+    obj["training"] = portable(obj["training"])
     _validate_schema(obj, Path(path))
     atomic_write_text(Path(path), json.dumps(obj, indent=1) + "\n")
 

@@ -170,8 +170,11 @@ def grpo_args(cfg: TrainConfig, **overrides: Any) -> GRPOConfig:
 
 
 def model_fingerprint(cfg: TrainConfig, model: PreTrainedModel) -> str:
-    """sha256 of the GGUF file's first 16 MiB and size, or of the model config for HF models."""
+    """sha256 of the GGUF file's first 16 MiB and size (MODEL a .gguf file, or --gguf-file), or of the model config
+    for HF models."""
     h = hashlib.sha256()
+    if cfg.model.lower().endswith(".gguf") and Path(cfg.model).is_file():
+        return gguf_fingerprint(cfg.model)
     if cfg.gguf_file:
         path = Path(cfg.gguf_file) if os.path.isabs(cfg.gguf_file) else Path(cfg.model) / cfg.gguf_file
         if not path.exists():
@@ -180,6 +183,15 @@ def model_fingerprint(cfg: TrainConfig, model: PreTrainedModel) -> str:
             return gguf_fingerprint(path)
     h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     return "sha256-config:" + h.hexdigest()
+
+
+def model_name(cfg: TrainConfig) -> str:
+    """The model as heads.json names it: a GGUF's file name, a local HF folder's name, or the hub name as given."""
+    if cfg.gguf_file:
+        return os.path.basename(cfg.gguf_file)
+    if Path(cfg.model).exists():
+        return Path(cfg.model).resolve().name
+    return cfg.model
 
 
 def heads_from_model(
@@ -206,7 +218,7 @@ def heads_from_model(
             "n_layer": int(mc.num_hidden_layers),
             "n_head": int(mc.num_attention_heads),
             "n_head_kv": int(getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads),
-            "name": cfg.model if not cfg.gguf_file else os.path.basename(cfg.gguf_file),
+            "name": model_name(cfg),
             "fingerprint": model_fingerprint(cfg, model),
         },
         training={**cfg.provenance(), **training},

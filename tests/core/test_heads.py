@@ -170,3 +170,83 @@ def test_constructor_validates() -> None:
     with pytest.raises(HeadsFileError):
         HeadScores(scores=np.array([[0.1, np.nan]]))
     assert HeadScores(scores=np.array([[-0.011, 1.008]])).scores.tolist() == [[0.0, 1.0]]  # clipped
+
+
+def _strings(value: object) -> list[str]:
+    """Every string inside nested dicts and lists."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_shipped_heads_record_no_machine_paths() -> None:
+    """rlkv_edge/data/default_heads.json names the model by file name + fingerprint; no absolute path anywhere."""
+    import importlib.resources
+    import json
+    import os
+
+    p = Path(str(importlib.resources.files("rlkv_edge") / "data" / "default_heads.json"))
+    obj = json.loads(p.read_text())
+    assert obj["model"]["name"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert obj["model"]["fingerprint"].startswith("sha256-16m:")
+    for s in _strings({"model": obj["model"], "training": obj["training"]}):
+        assert not os.path.isabs(s), s
+        for word in s.split():
+            assert not os.path.isabs(word) and "/tmp/" not in word and "/work/" not in word, s
+
+
+def test_shipped_fingerprint_is_the_bundled_gguf() -> None:
+    """The fingerprint is the bundled GGUF's (sha256 of its first 16 MiB and size): convert's check passes."""
+    from gguf_fixtures import smollm2_path
+
+    from rlkv_edge.metadata import gguf_fingerprint
+    from rlkv_edge.models import default_heads_path
+
+    path = default_heads_path()
+    assert path is not None
+    assert load_heads(path).model["fingerprint"] == gguf_fingerprint(smollm2_path())
+
+
+def test_save_heads_cuts_absolute_paths_to_file_names(tmp_path: Path) -> None:
+    """What train writes: absolute paths (a checkout, a temporary folder) become file names; relative paths stay."""
+    training = {
+        "model": "/home/dev/models/m.gguf",
+        "out": "/tmp/run1/heads.json",
+        "output_dir": "runs/a",
+        "text": "data/long.txt",
+        "command": "rlkv-edge train /home/dev/models/m.gguf --out=/tmp/run1/heads.json --text data/long.txt",
+        "lr": 0.01,
+        "config": {"path": "/srv/x/config.json"},
+    }
+    h = HeadScores(np.array([[0.5, 0.1]]), model={"name": "/home/dev/models/m.gguf"}, training=training)
+    save_heads(h, tmp_path / "h.json")
+    back = load_heads(tmp_path / "h.json")
+    assert back.model["name"] == "m.gguf"
+    assert back.training == {
+        "model": "m.gguf",
+        "out": "heads.json",
+        "output_dir": "runs/a",
+        "text": "data/long.txt",
+        "command": "rlkv-edge train m.gguf --out=heads.json --text data/long.txt",
+        "lr": 0.01,
+        "config": {"path": "config.json"},
+    }
+
+
+def test_train_names_a_gguf_by_file_name_and_fingerprint(tmp_path: Path) -> None:
+    """train's model block: a GGUF MODEL is its file name and the GGUF fingerprint, a hub name stays as given."""
+    pytest.importorskip("transformers")
+    from gguf_fixtures import smollm2_path
+
+    from rlkv_edge.metadata import gguf_fingerprint
+    from rlkv_edge.train.config import TrainConfig
+    from rlkv_edge.train.trainer import model_fingerprint, model_name
+
+    cfg = TrainConfig(model=str(smollm2_path()))
+    assert model_name(cfg) == smollm2_path().name
+    assert model_fingerprint(cfg, None) == gguf_fingerprint(smollm2_path())  # type: ignore[arg-type]
+    assert model_name(TrainConfig(model="Qwen/Qwen2.5-1.5B-Instruct")) == "Qwen/Qwen2.5-1.5B-Instruct"
