@@ -70,3 +70,37 @@ def test_serve_missing_model(tmp_path: Path) -> None:
     assert r.returncode != 0 and r.stderr.strip().splitlines() == [
         f"rlkv-edge: error: model file not found: {tmp_path / 'x.gguf'}"
     ]
+
+
+def test_parallel_passes_llama_cpp_flags_to_llama_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve --parallel hands llama.cpp's own flags to llama-server: -fa, -b, -ub, --chat-template, and
+    --no-mmap / --mlock as this llama.cpp's --load-mode; RLKV_ARG_* defaults apply as LLAMA_ARG_* do."""
+    import importlib
+
+    from app_fixtures import tiny_rlkv
+    from typer.testing import CliRunner
+
+    from rlkv_edge import _native
+    from rlkv_edge.cli import app
+
+    serve_cli = importlib.import_module("rlkv_edge.cli.serve")  # the module (rlkv_edge.cli.serve is the command)
+
+    if _native.tool_path("llama-server") is None:
+        pytest.skip("llama-server is not built")
+    model = tiny_rlkv(tmp_path / "tiny.rlkv.gguf").path
+    seen: list[list[str]] = []
+
+    def fake_execv(path: str, args: list[str]) -> None:
+        seen.append(args)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(serve_cli.os, "execv", fake_execv)
+    argv = ["serve", "-m", str(model), "-np", "2", "-c", "256", "-fa", "off", "-b", "64", "-ub", "32"]
+    r = CliRunner().invoke(
+        app, [*argv, "--no-mmap", "--mlock", "--chat-template", "chatml"], env={"RLKV_ARG_PORT": "8123"}
+    )
+    assert r.exit_code == 0, r.output
+    args = " ".join(seen[0][1:])
+    want = ["-m " + str(model), "--port 8123", "-c 256", "-np 2", "-fa off", "-b 64", "-ub 32", "--load-mode mlock"]
+    for part in [*want, "--chat-template chatml"]:
+        assert part in args, (part, args)
