@@ -124,6 +124,7 @@ def chat(
     ] = False,
 ) -> None:
     """Chat with a model on the per-head KV runtime (a REPL, or one answer with -p/-f)."""
+    from rlkv_edge.runtime import check_grammar
     from rlkv_edge.runtime import grammar as make_grammar
 
     if not repeat_penalty > 0:
@@ -144,6 +145,14 @@ def chat(
         sampling["grammar"] = rules
     llama_kwargs: dict[str, Any] = {"seed": seed} if seed is not None else {}
     llm = opts.open(resolve_model(one_model(model, model_opt)), **llama_kwargs)
+    if rules is not None:
+        try:
+            check_grammar(
+                llm, rules, "--json-schema" if json_schema else "--grammar-file" if grammar_file else "--grammar"
+            )
+        except UsageError:
+            llm.close()
+            raise
     console = Console(highlight=False, soft_wrap=True)
     one_shot = prompt is not None
     interactive = not one_shot and sys.stdin.isatty()

@@ -57,6 +57,8 @@ BAD = [
     (["chat", "{rlkv}", "--json-schema", "[1,", "-p", "x"], "--json-schema: not valid JSON"),
     (["chat", "{rlkv}", "--grammar", "x", "--json-schema", "true", "-p", "x"], "give one of --grammar, --json-schema"),
     (["chat", "{rlkv}", "-p", "x", "-f", "{heads}"], "give --prompt or --file, not both"),
+    (["chat", "{rlkv}", "-p", "x", "--grammar", 'root ::= ( "a"'], "--grammar: llama.cpp's grammar parser refused it"),
+    (["chat", "{rlkv}", "-p", "x", "--grammar", 'start ::= "a"'], "--grammar: a GBNF grammar needs a 'root ::= ...'"),
     (["chat", "{rlkv}", "-m", "{root}/other.gguf"], "two models given"),
     (["chat", "{rlkv}", "--no-such-option"], "No such option: --no-such-option"),
     (["chat", "{root}/missing.gguf", "-p", "x"], "model file not found"),
