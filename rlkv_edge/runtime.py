@@ -369,68 +369,6 @@ def grammar(text: str | None = None, path: Path | None = None, json_schema: str 
     return LlamaGrammar.from_string(text or "", verbose=False)
 
 
-def chat_formats() -> list[str]:
-    """The chat format names llama-cpp-python knows (what --chat-template accepts besides a Jinja template)."""
-    from llama_cpp import llama_chat_format
-
-    return sorted(llama_chat_format.LlamaChatCompletionHandlerRegistry()._chat_handlers)
-
-
-def set_chat_template(llm: Any, template: str) -> None:
-    """llama.cpp's --chat-template on a loaded model: a known chat format name, else a Jinja template."""
-    from llama_cpp import llama_chat_format
-
-    if template in chat_formats():
-        llm.chat_format, llm.chat_handler = template, None
-        return
-    if "{%" not in template and "{{" not in template:
-        known = ", ".join(chat_formats())
-        raise UsageError(f"--chat-template '{template}': neither a chat format name ({known}) nor a Jinja template")
-    import jinja2
-
-    eos, bos = llm.token_eos(), llm.token_bos()
-    try:
-        formatter = llama_chat_format.Jinja2ChatFormatter(
-            template=template,
-            eos_token=llm._model.token_get_text(eos) if eos >= 0 else "",
-            bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
-            stop_token_ids=[eos] if eos >= 0 else None,
-        )
-    except jinja2.TemplateError as e:
-        raise UsageError(f"--chat-template: not a valid Jinja template ({e})") from None
-    llm.chat_handler = formatter.to_chat_handler()
-
-
-def grammar(text: str | None = None, path: Path | None = None, json_schema: str | None = None) -> Any:
-    """llama.cpp's --grammar / --grammar-file / --json-schema as a llama-cpp-python LlamaGrammar (None: none)."""
-    given = [flag for flag, v in (("--grammar", text), ("--grammar-file", path), ("--json-schema", json_schema)) if v]
-    if len(given) > 1:
-        raise UsageError(f"give one of {', '.join(given)}, not several")
-    if not given:
-        return None
-    from llama_cpp import LlamaGrammar
-
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"--grammar-file {path}: cannot read it ({e})") from None
-    if json_schema is not None:
-        import json
-
-        try:
-            json.loads(json_schema)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--json-schema: not valid JSON ({e.msg} at column {e.colno})") from None
-        try:
-            return LlamaGrammar.from_json_schema(json_schema, verbose=False)
-        except Exception as e:  # the schema converter's own refusal (unsupported keyword, bad $ref, ...)
-            raise UsageError(f"--json-schema: cannot turn it into a grammar ({e})") from None
-    if not (text or "").strip() or "root" not in (text or ""):
-        raise UsageError(f"{given[0]}: a GBNF grammar needs a 'root ::= ...' rule")
-    return LlamaGrammar.from_string(text or "", verbose=False)
-
-
 def check_grammar(llm: Any, rules: Any, flag: str = "--grammar") -> None:
     """UsageError unless llama.cpp's grammar parser accepts `rules` (a LlamaGrammar) for this model's vocabulary;
     llama-cpp-python would otherwise pass the parser's NULL sampler on and crash."""
