@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cassert>
 #include <limits>
+#include <set>
 #include <stdexcept>
 
 //
@@ -31,7 +32,8 @@ llama_kv_cache_rlkv::llama_kv_cache_rlkv(
                  uint32_t   n_seq_max,
                  uint32_t   n_ubatch) :
     unified(unified), kv_size(kv_size), n_sink(meta.sink), n_window(meta.window), n_head_kv(meta.n_head_kv), n_seq_max(n_seq_max),
-    n_full(meta.n_full), hparams_full(model.hparams), hparams_local(model.hparams) {
+    n_full(meta.n_full), cp_refused(std::min<uint32_t>(n_seq_max, LLAMA_MAX_SEQ), false),
+    hparams_full(model.hparams), hparams_local(model.hparams) {
 
     const uint32_t L = meta.n_layer;
     const uint32_t H = meta.n_head_kv;
@@ -132,22 +134,19 @@ size_t llama_kv_cache_rlkv::bytes_local() const {
 }
 
 void llama_kv_cache_rlkv::clear(bool data) {
+    std::fill(cp_refused.begin(), cp_refused.end(), false);
     if (kv_full)  { kv_full ->clear(data); }
     if (kv_local) { kv_local->clear(data); }
 }
 
-// positions (sorted, unique) of seq_id in a cache
-static std::vector<llama_pos> rlkv_seq_positions(const llama_kv_cache & kv, llama_seq_id seq_id) {
-    std::vector<llama_pos> res;
-    const llama_kv_cells & cells = kv.get_cells(seq_id);
-    for (uint32_t i = 0; i < cells.size(); ++i) {
-        if (!cells.is_empty(i) && cells.seq_has(i, seq_id)) {
-            res.push_back(cells.pos_get(i));
-        }
-    }
-    std::sort(res.begin(), res.end());
-    res.erase(std::unique(res.begin(), res.end()), res.end());
-    return res;
+// the (position, cell) pairs of seq_id in a cache, ordered by position (the cells keep them up to date)
+static const std::set<std::pair<llama_pos, uint32_t>> & rlkv_seq_pos(const llama_kv_cache & kv, llama_seq_id seq_id) {
+    return kv.get_cells(seq_id).seq_pos_get(seq_id);
+}
+
+static bool rlkv_holds(const std::set<std::pair<llama_pos, uint32_t>> & sp, llama_pos p) {
+    const auto it = sp.lower_bound({p, 0});
+    return it != sp.end() && it->first == p;
 }
 
 // true when key position k (< q) is seen by the local heads of a query at q: a sink or in the window
@@ -155,105 +154,73 @@ static bool rlkv_local_sees(int64_t k, int64_t q, int64_t S, int64_t W) {
     return k < S || k >= q - W + 1;
 }
 
-bool llama_kv_cache_rlkv::local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const {
-    // the copy keeps [p0, p1) of the source and drops the rest
-    const auto kept = [p0, p1](llama_pos p) { return p >= p0 && p < p1 ? (int64_t) p : (int64_t) -1; };
-    return !kv_local || local_after_ok(seq_id_src, 0, 0, kept);
+bool llama_kv_cache_rlkv::seq_id_ok(llama_seq_id seq_id) const {
+    return seq_id >= 0 && (uint32_t) seq_id < std::min<uint32_t>(n_seq_max, LLAMA_MAX_SEQ);
 }
 
-std::vector<llama_pos> llama_kv_cache_rlkv::logical_positions(llama_seq_id seq_id, const std::vector<llama_pos> & R) const {
-    // the full cache holds all of them; without one, assume 0 .. the newest resident position
+template <typename F>
+void llama_kv_cache_rlkv::for_each_key(llama_seq_id seq_id, llama_pos lo, llama_pos hi, F && f) const {
+    if (!kv_local || lo >= hi) {
+        return;
+    }
+    const auto & ring = rlkv_seq_pos(*kv_local, seq_id);
     if (kv_full) {
-        return rlkv_seq_positions(*kv_full, seq_id);
+        // the full cache holds every key the sequence has; the ring holds some of them
+        const auto & all = rlkv_seq_pos(*kv_full, seq_id);
+        for (auto it = all.lower_bound({lo, 0}); it != all.end() && it->first < hi; ++it) {
+            f(it->first, rlkv_holds(ring, it->first));
+        }
+        return;
     }
-    std::vector<llama_pos> Lg(R.empty() ? 0 : R.back() + 1);
-    for (size_t p = 0; p < Lg.size(); ++p) {
-        Lg[p] = (llama_pos) p;
+    // no full cache: the ring's keys, and below h = (newest + 1) - W + 1 (outside the newest query's window) every
+    // non-sink position it does not hold, which it may have evicted: counted as keys it lacks
+    for (auto it = ring.lower_bound({lo, 0}); it != ring.end() && it->first < hi; ++it) {
+        f(it->first, true);
     }
-    return Lg;
-}
-
-bool llama_kv_cache_rlkv::local_after_ok(
-        llama_seq_id seq_id, llama_pos r0, llama_pos r1, const std::function<int64_t(llama_pos)> & move) const {
-    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
-    if (R.empty()) {
-        return true;
+    if (ring.empty()) {
+        return;
     }
-
-    // (new position, old position) of every position the sequence keeps; a negative new position drops it (as
-    // llama_kv_cells::pos_add does)
-    std::vector<std::pair<int64_t, llama_pos>> kept;
-    for (llama_pos p : logical_positions(seq_id, R)) {
-        const int64_t p_new = move(p);
-        if ((p < r0 || p >= r1) && p_new >= 0) {
-            kept.emplace_back(p_new, p);
+    const llama_pos h = ring.rbegin()->first + 2 - (llama_pos) n_window;
+    for (llama_pos p = std::max<llama_pos>(lo, (llama_pos) n_sink); p < std::min(hi, h); ++p) {
+        if (!rlkv_holds(ring, p)) {
+            f(p, false);
         }
     }
-    if (kept.empty()) {
-        return true; // the sequence is emptied
-    }
-
-    // the next query comes after the newest kept position; it needs the keys now at its sinks and its window
-    int64_t q = 0;
-    for (const auto & [p_new, p] : kept) {
-        q = std::max(q, p_new + 1);
-    }
-    const int64_t S = n_sink;
-    const int64_t W = n_window;
-    for (const auto & [p_new, p] : kept) {
-        if (rlkv_local_sees(p_new, q, S, W) && !std::binary_search(R.begin(), R.end(), p)) {
-            return false;
-        }
-    }
-    return true;
 }
 
-bool llama_kv_cache_rlkv::seq_touches(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const {
-    const llama_kv_cache & logical = kv_full ? *kv_full : *kv_local;
-    const llama_pos pmax = logical.seq_pos_max(seq_id);
-    return pmax >= 0 && pmax >= p0 && logical.seq_pos_min(seq_id) < p1;
+template <typename Move>
+bool llama_kv_cache_rlkv::local_misses(llama_seq_id seq_id, int64_t q, Move && move, llama_pos lo, llama_pos hi) const {
+    bool res = false;
+    for_each_key(seq_id, lo, hi, [&](llama_pos p, bool in_ring) {
+        const int64_t m = move(p);
+        res = res || (m >= 0 && !in_ring && rlkv_local_sees(m, q, n_sink, n_window));
+    });
+    return res;
 }
 
-bool llama_kv_cache_rlkv::local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const {
-    // nothing of the sequence lies in [p0, p1): nothing is removed. llama-cpp-python calls
-    // seq_rm(seq, n_past, -1) before every decode, so this keeps the check O(1) per generated token
-    if (!kv_local || !seq_touches(seq_id, p0, p1)) {
-        return true;
+template <typename Move>
+int64_t llama_kv_cache_rlkv::next_pos(llama_seq_id seq_id, Move && move) const {
+    int64_t q = -1;
+    if (kv_local) {
+        for_each_key(seq_id, 0, std::numeric_limits<llama_pos>::max(), [&](llama_pos p, bool) {
+            const int64_t m = move(p);
+            q = m >= 0 ? std::max(q, m + 1) : q;
+        });
     }
+    return q;
+}
 
-    // (a) the next query, positions as they are
+template <typename Move>
+bool llama_kv_cache_rlkv::decodable_after(llama_seq_id seq_id, Move && move) const {
+    const int64_t q = next_pos(seq_id, move);
+    return q < 0 || !local_misses(seq_id, q, move, 0, std::numeric_limits<llama_pos>::max());
+}
+
+bool llama_kv_cache_rlkv::decodable(llama_seq_id seq_id, llama_pos q) const {
+    // the same predicate with nothing moved; only the sinks and the window can be seen, so only they are looked at
     const auto same = [](llama_pos p) { return (int64_t) p; };
-    if (!local_after_ok(seq_id, p0, p1, same)) {
-        return false;
-    }
-
-    // (b) the same after the usual follow-up seq_add that closes the hole (context shift): the tail moves down by d
-    if (p1 < std::numeric_limits<llama_pos>::max() && seq_touches(seq_id, p1, std::numeric_limits<llama_pos>::max())) {
-        const int64_t d = (int64_t) p1 - p0;
-        const auto closed = [p1, d](llama_pos p) { return p >= p1 ? (int64_t) p - d : (int64_t) p; };
-        if (!local_after_ok(seq_id, p0, p1, closed)) {
-            return false;
-        }
-    }
-
-    return true;
-}
-
-bool llama_kv_cache_rlkv::local_move_ok(
-        llama_seq_id seq_id, llama_pos p0, llama_pos p1, const std::function<int64_t(llama_pos)> & move) const {
-    if (!kv_local) {
-        return true;
-    }
-    const auto moved = [&](llama_pos p) { return p >= p0 && p < p1 ? move(p) : (int64_t) p; };
-    if (seq_id >= 0) {
-        return !seq_touches(seq_id, p0, p1) || local_after_ok(seq_id, 0, 0, moved);
-    }
-    for (uint32_t s = 0; s < n_seq_max && s < LLAMA_MAX_SEQ; ++s) {
-        if (seq_touches((llama_seq_id) s, p0, p1) && !local_after_ok((llama_seq_id) s, 0, 0, moved)) {
-            return false;
-        }
-    }
-    return true;
+    return !local_misses(seq_id, q, same, 0, std::min<llama_pos>((llama_pos) n_sink, q)) &&
+           !local_misses(seq_id, q, same, std::max<llama_pos>((llama_pos) n_sink, q - (llama_pos) n_window + 1), q);
 }
 
 bool llama_kv_cache_rlkv::seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
@@ -263,24 +230,22 @@ bool llama_kv_cache_rlkv::seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1
     if (p1 < 0) {
         p1 = std::numeric_limits<llama_pos>::max();
     }
+    if (seq_id != -1 && !seq_id_ok(seq_id)) {
+        LLAMA_LOG_WARN("%s: rlkv: refusing seq_rm(%d, %d, %d): no such sequence\n", __func__, seq_id, p0, p1);
+        return false;
+    }
 
-    if (kv_local) {
-        if (seq_id >= 0) {
-            if ((uint32_t) seq_id >= n_seq_max && kv_local->get_n_stream() > 1) {
-                return false;
-            }
-            if (!local_rm_ok(seq_id, p0, p1)) {
-                LLAMA_LOG_DEBUG("%s: rlkv: refusing seq_rm(%d, %d, %d): the local heads would miss keys\n", __func__, seq_id, p0, p1);
-                return false;
-            }
-        } else {
-            for (uint32_t s = 0; s < n_seq_max && s < LLAMA_MAX_SEQ; ++s) {
-                if (!local_rm_ok((llama_seq_id) s, p0, p1)) {
-                    LLAMA_LOG_DEBUG("%s: rlkv: refusing seq_rm(-1, %d, %d): seq %u would miss keys\n", __func__, p0, p1, s);
-                    return false;
-                }
-            }
+    const auto removed = [p0, p1](llama_pos p) { return p >= p0 && p < p1 ? (int64_t) -1 : (int64_t) p; };
+    for (llama_seq_id s = 0; s < (llama_seq_id) std::min<uint32_t>(n_seq_max, LLAMA_MAX_SEQ); ++s) {
+        if ((seq_id == -1 || s == seq_id) && !decodable_after(s, removed)) {
+            LLAMA_LOG_DEBUG("%s: rlkv: refusing seq_rm(%d, %d, %d): seq %d's local heads would miss keys\n",
+                    __func__, seq_id, p0, p1, s);
+            return false;
         }
+    }
+
+    for (llama_seq_id s = 0; s < (llama_seq_id) cp_refused.size(); ++s) {
+        cp_refused[s] = cp_refused[s] && seq_id != -1 && s != seq_id;
     }
 
     bool res = true;
@@ -290,19 +255,45 @@ bool llama_kv_cache_rlkv::seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1
 }
 
 void llama_kv_cache_rlkv::seq_cp(llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1) {
-    // a part of a sequence whose ring no longer holds the window before its end would give the copy holes.
-    // seq_cp returns nothing, so the copy is refused by not making it: the destination stays as it was and a
-    // decode that continues it at p1 is rejected by the batch checks (the caller then re-evaluates)
-    if (!local_cp_ok(seq_id_src, std::max<llama_pos>(p0, 0), p1 < 0 ? std::numeric_limits<llama_pos>::max() : p1)) {
-        LLAMA_LOG_WARN("%s: rlkv: not copying [%d, %d) of seq %d to seq %d: the local heads no longer hold the keys "
-                       "the copy would need\n", __func__, p0, p1, seq_id_src, seq_id_dst);
+    if (p0 < 0) {
+        p0 = 0;
+    }
+    if (p1 < 0) {
+        p1 = std::numeric_limits<llama_pos>::max();
+    }
+    if (!seq_id_ok(seq_id_src) || !seq_id_ok(seq_id_dst)) {
+        LLAMA_LOG_WARN("%s: rlkv: not copying seq %d to seq %d: no such sequence\n", __func__, seq_id_src, seq_id_dst);
         return;
     }
+    if (seq_id_src == seq_id_dst) {
+        return;
+    }
+    // the destination gets the source's keys in [p0, p1) beside its own: its next query (after the newest of
+    // both) must find the keys its local heads see in the ring. seq_cp returns nothing, so a copy that would leave
+    // holes is not made: the destination stays as it was, and a decode that continues it is refused
+    const auto kept = [p0, p1](llama_pos p) { return p >= p0 && p < p1 ? (int64_t) p : (int64_t) -1; };
+    const auto same = [](llama_pos p) { return (int64_t) p; };
+    const int64_t q = std::max(next_pos(seq_id_src, kept), next_pos(seq_id_dst, same));
+    const llama_pos all = std::numeric_limits<llama_pos>::max();
+    if (q >= 0 && (local_misses(seq_id_src, q, kept, 0, all) || local_misses(seq_id_dst, q, same, 0, all))) {
+        LLAMA_LOG_WARN("%s: rlkv: not copying [%d, %d) of seq %d to seq %d: the local heads no longer hold the keys "
+                       "the copy would need\n", __func__, p0, p1, seq_id_src, seq_id_dst);
+        cp_refused[seq_id_dst] = true; // its next decode is refused unless it starts over (or seq_rm clears it)
+        return;
+    }
+    cp_refused[seq_id_dst] = false;
     if (kv_full)  { kv_full ->seq_cp(seq_id_src, seq_id_dst, p0, p1); }
     if (kv_local) { kv_local->seq_cp(seq_id_src, seq_id_dst, p0, p1); }
 }
 
 void llama_kv_cache_rlkv::seq_keep(llama_seq_id seq_id) {
+    if (!seq_id_ok(seq_id)) {
+        LLAMA_LOG_WARN("%s: rlkv: not keeping seq %d: no such sequence\n", __func__, seq_id);
+        return;
+    }
+    for (llama_seq_id s = 0; s < (llama_seq_id) cp_refused.size(); ++s) {
+        cp_refused[s] = cp_refused[s] && s == seq_id;
+    }
     if (kv_full)  { kv_full ->seq_keep(seq_id); }
     if (kv_local) { kv_local->seq_keep(seq_id); }
 }
@@ -310,10 +301,21 @@ void llama_kv_cache_rlkv::seq_keep(llama_seq_id seq_id) {
 void llama_kv_cache_rlkv::seq_add(llama_seq_id seq_id, llama_pos p0, llama_pos p1, llama_pos shift) {
     if (p0 < 0) { p0 = 0; }
     if (p1 < 0) { p1 = std::numeric_limits<llama_pos>::max(); }
-    // moving positions can bring evicted ones into the sinks or the window of the next query: then the shift
-    // is not made (it returns nothing), the sequence stays as it was, and a decode that relies on it fails the
-    // batch's position checks instead of attending to holes
-    if (shift != 0 && !local_move_ok(seq_id, p0, p1, [shift](llama_pos p) { return (int64_t) p + shift; })) {
+    if (!seq_id_ok(seq_id)) {
+        // upstream's cache asserts on -1 here
+        LLAMA_LOG_WARN("%s: rlkv: not shifting seq %d: no such sequence (seq_add takes one sequence)\n", __func__, seq_id);
+        return;
+    }
+    if (shift == 0) {
+        return;
+    }
+    // moved positions (negative ones dropped, as upstream does) must leave every key the next query's local heads
+    // see resident; otherwise the shift is not made (it returns nothing): the sequence stays as it was
+    const auto moved = [p0, p1, shift](llama_pos p) {
+        const int64_t m = p >= p0 && p < p1 ? (int64_t) p + shift : (int64_t) p;
+        return m >= 0 ? m : (int64_t) -1;
+    };
+    if (!decodable_after(seq_id, moved)) {
         LLAMA_LOG_WARN("%s: rlkv: not shifting [%d, %d) of seq %d by %d: the local heads would miss keys\n",
                 __func__, p0, p1, seq_id, shift);
         return;
@@ -325,7 +327,16 @@ void llama_kv_cache_rlkv::seq_add(llama_seq_id seq_id, llama_pos p0, llama_pos p
 void llama_kv_cache_rlkv::seq_div(llama_seq_id seq_id, llama_pos p0, llama_pos p1, int d) {
     if (p0 < 0) { p0 = 0; }
     if (p1 < 0) { p1 = std::numeric_limits<llama_pos>::max(); }
-    if (d != 1 && !local_move_ok(seq_id, p0, p1, [d](llama_pos p) { return (int64_t) p / d; })) {
+    if (!seq_id_ok(seq_id) || d <= 0) {
+        LLAMA_LOG_WARN("%s: rlkv: not dividing the positions of seq %d by %d: %s\n", __func__, seq_id, d,
+                d <= 0 ? "the divisor must be positive" : "no such sequence (seq_div takes one sequence)");
+        return;
+    }
+    if (d == 1) {
+        return;
+    }
+    const auto moved = [p0, p1, d](llama_pos p) { return p >= p0 && p < p1 ? (int64_t) (p / d) : (int64_t) p; };
+    if (!decodable_after(seq_id, moved)) {
         LLAMA_LOG_WARN("%s: rlkv: not dividing [%d, %d) of seq %d by %d: the local heads would miss keys\n",
                 __func__, p0, p1, seq_id, d);
         return;
@@ -345,10 +356,10 @@ llama_pos llama_kv_cache_rlkv::seq_pos_min(llama_seq_id seq_id) const {
     if (pmin < 0 || !kv_local) {
         return pmin;
     }
-    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
+    const auto & ring = rlkv_seq_pos(*kv_local, seq_id);
     llama_pos w = logical.seq_pos_max(seq_id) + 1;
-    for (auto it = R.rbegin(); it != R.rend() && *it == w - 1; ++it) {
-        w = *it;
+    for (auto it = ring.rbegin(); it != ring.rend() && it->first >= w - 1; ++it) {
+        w = std::min(w, it->first);
     }
     if (w <= (llama_pos) n_sink) {
         return pmin; // nothing evicted
@@ -376,43 +387,24 @@ std::map<ggml_backend_buffer_type_t, size_t> llama_kv_cache_rlkv::memory_breakdo
     return mb;
 }
 
-bool llama_kv_cache_rlkv::continue_ok(llama_seq_id seq_id, llama_pos q) const {
-    // the sequence must hold every position before q (the full cache holds them all; without one, the ring's
-    // newest is q - 1): an empty or cut-short sequence (e.g. a refused copy) cannot be continued at q
-    const llama_kv_cache & logical = kv_full ? *kv_full : *kv_local;
-    if (logical.seq_pos_max(seq_id) != q - 1) {
-        return false;
-    }
-    if (!kv_local) {
-        return true;
-    }
-    // the local heads see the sinks [0, S) and the window [q - W + 1, q) (rlkv_local_sees): all must be in the ring
-    const std::vector<llama_pos> R = rlkv_seq_positions(*kv_local, seq_id);
-    const auto resident = [&](llama_pos p) { return std::binary_search(R.begin(), R.end(), p); };
-    for (llama_pos p = 0; p < std::min<llama_pos>((llama_pos) n_sink, q); ++p) {
-        if (!resident(p)) {
-            return false;
-        }
-    }
-    for (llama_pos p = std::max<llama_pos>(0, q - (llama_pos) n_window + 1); p < q; ++p) {
-        if (!resident(p)) {
-            return false;
-        }
-    }
-    return true;
-}
-
 llama_memory_context_ptr llama_kv_cache_rlkv::init_batch(llama_batch_allocr & balloc, uint32_t n_ubatch, bool embd_all) {
     GGML_UNUSED(embd_all);
 
-    // a batch continuing a sequence whose caches miss keys its first token needs is refused (decode then fails),
-    // whatever operation left the gap: the caller re-evaluates instead of getting tokens computed with holes
+    // safety net: a batch continuing a sequence whose ring lacks keys its first token's local heads see is refused
+    // (decode then fails), whatever left the gap; the memory operations refuse at the call by the same predicate
     for (llama_seq_id s = 0; s < (llama_seq_id) std::min<uint32_t>(n_seq_max, LLAMA_MAX_SEQ); ++s) {
         const llama_pos q = balloc.seq_pos_min(s);
-        if (q > 0 && !continue_ok(s, q)) {
-            LLAMA_LOG_WARN("%s: rlkv: refusing a batch that continues seq %d at position %d: the KV cache lacks keys "
-                           "its local heads (sinks and window) or its full heads need; re-evaluate the sequence\n",
-                           __func__, s, q);
+        if (q == 0) {
+            cp_refused[s] = false; // starts over
+        }
+        if (q > 0 && cp_refused[s]) {
+            LLAMA_LOG_WARN("%s: rlkv: refusing a batch that continues seq %d at position %d: a copy into it was "
+                           "refused (seq_cp); re-evaluate the sequence\n", __func__, s, q);
+            return std::make_unique<llama_kv_cache_rlkv_context>(LLAMA_MEMORY_STATUS_FAILED_PREPARE);
+        }
+        if (q > 0 && !decodable(s, q)) {
+            LLAMA_LOG_WARN("%s: rlkv: refusing a batch that continues seq %d at position %d: the ring lacks keys its "
+                           "local heads see (sinks and window); re-evaluate the sequence\n", __func__, s, q);
             return std::make_unique<llama_kv_cache_rlkv_context>(LLAMA_MEMORY_STATUS_FAILED_PREPARE);
         }
     }

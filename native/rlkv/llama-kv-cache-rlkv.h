@@ -9,7 +9,6 @@
 #include "llama-hparams.h"
 #include "rlkv-meta.h"
 
-#include <functional>
 #include <memory>
 #include <vector>
 
@@ -64,32 +63,35 @@ public:
     size_t bytes_local() const;
 
 private:
-    // the positions seq_id logically holds (the full cache's; without one, 0 .. the newest of R, the ring's)
-    std::vector<llama_pos> logical_positions(llama_seq_id seq_id, const std::vector<llama_pos> & R) const;
+    // One predicate decides every refusal, at decode and at each memory operation: a query at q of a sequence is
+    // served when the ring holds every key of the sequence that its local heads see (k < S or k >= q - W + 1).
+    // The sequence's keys are the full cache's (the full heads attend to whatever is stored, as upstream's do);
+    // without a full cache, the ring's plus every non-sink position before the newest query's window that the ring
+    // does not hold (it may have evicted them). A memory operation is made only when the sequences it changes stay
+    // served at their next query (one after their newest key); otherwise it is refused and changes nothing.
 
-    // true when, after removing [r0, r1) of seq_id and moving every other position p to move(p) (negative:
-    // dropped), the next query's local heads find every key they need (sinks and window) resident in the ring
-    bool local_after_ok(
-            llama_seq_id seq_id, llama_pos r0, llama_pos r1, const std::function<int64_t(llama_pos)> & move) const;
+    // whether seq_id is a sequence of this cache
+    bool seq_id_ok(llama_seq_id seq_id) const;
 
-    // false when seq_id has no position in [p0, p1) (its positions' range does not meet it)
-    bool seq_touches(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const;
+    // f(position, held by the ring) for every key of seq_id with a position in [lo, hi)
+    template <typename F>
+    void for_each_key(llama_seq_id seq_id, llama_pos lo, llama_pos hi, F && f) const;
 
-    // true when removing [p0, p1) of seq_id leaves every key the next query of the local heads needs resident
-    // (as it is, and after the context shift that usually follows)
-    bool local_rm_ok(llama_seq_id seq_id, llama_pos p0, llama_pos p1) const;
+    // true when a query at q misses a key in [lo, hi) that its local heads see, each key p taken at move(p)
+    // (negative: dropped)
+    template <typename Move>
+    bool local_misses(llama_seq_id seq_id, int64_t q, Move && move, llama_pos lo, llama_pos hi) const;
 
-    // true when moving the positions in [p0, p1) of seq_id (every sequence for -1) by `move` (seq_add, seq_div)
-    // leaves every key the next query of the local heads needs resident
-    bool local_move_ok(
-            llama_seq_id seq_id, llama_pos p0, llama_pos p1, const std::function<int64_t(llama_pos)> & move) const;
+    // one after the newest key of seq_id once moved; -1 when nothing is left
+    template <typename Move>
+    int64_t next_pos(llama_seq_id seq_id, Move && move) const;
 
-    // true when a copy of [p0, p1) of seq_id_src would hold every key its next query's local heads need
-    bool local_cp_ok(llama_seq_id seq_id_src, llama_pos p0, llama_pos p1) const;
+    // the predicate after moving every key p of seq_id to move(p) (seq_rm, seq_add, seq_div)
+    template <typename Move>
+    bool decodable_after(llama_seq_id seq_id, Move && move) const;
 
-    // true when seq_id holds every key a token at position q needs (all of [0, q) for the full heads, the sinks
-    // and the window for the local ones): what init_batch checks before continuing a sequence
-    bool continue_ok(llama_seq_id seq_id, llama_pos q) const;
+    // the predicate for a batch that continues seq_id at q (init_batch)
+    bool decodable(llama_seq_id seq_id, llama_pos q) const;
 
     // a saved state starts with the layout it was saved with (S, W, F_l per layer); reading one saved with
     // another layout throws before anything is restored (llama_state_*_set_data then return 0)
@@ -103,6 +105,10 @@ private:
     const uint32_t n_head_kv;
     const uint32_t n_seq_max;
     std::vector<int32_t> n_full;
+
+    // per sequence: a copy into it was refused (seq_cp returns nothing), so its next decode at q > 0 is refused
+    // until it starts over at 0, a seq_rm touches it or a copy into it is made
+    std::vector<bool> cp_refused;
 
     // the caches keep references to these: they must outlive them (declared first)
     llama_hparams hparams_full;

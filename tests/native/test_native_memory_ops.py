@@ -108,8 +108,24 @@ def test_context_shift(tiny_paths, weights):
     exp = ref.forward(toks[400:410], np.arange(300, 310))
     assert rel_err(got, exp) <= REF_TOL
 
-    # n_keep < S with a short tail: refused
-    assert not llama_cpp.llama_memory_seq_rm(mem, 0, 2, 100)
+    # n_keep < S: removing [2, 100) leaves keys the next query can use (sinks 0, 1 and a resident window): made,
+    # and the next tokens match the reference with the same keys. The shift that would close the hole would make
+    # positions 100 and 101 (evicted long ago) sinks: not made, nothing moves
+    assert llama_cpp.llama_memory_seq_rm(mem, 0, 2, 100)
+    _drop(ref, (ref.P < 2) | (ref.P >= 100))
+    before = _span(mem)
+    llama_cpp.llama_memory_seq_add(mem, 0, 100, -1, -98)
+    assert _span(mem) == before
+    llm.n_tokens = 310
+    got = eval_tokens(llm, toks[410:415])
+    assert rel_err(got, ref.forward(toks[410:415], np.arange(310, 315))) <= REF_TOL
+
+
+def _drop(ref, keep):
+    """Keep only the reference's stored keys where `keep` is true."""
+    ref.K = [k[keep] for k in ref.K]
+    ref.V = [v[keep] for v in ref.V]
+    ref.P = ref.P[keep]
 
 
 def _state(llm, seq_id=None):
@@ -390,3 +406,95 @@ def test_can_shift_as_iswa(tiny_paths, model, n_ctx, can):
     shift and --cache-reuse off instead of aborting on a refused seq_rm."""
     llm = load(tiny_paths[model], n_ctx=n_ctx, n_batch=32, n_ubatch=32)
     assert llama_cpp.llama_memory_can_shift(llama_cpp.llama_get_memory(llm._ctx.ctx)) is can
+
+
+def _wrapped(tiny_paths, weights, seed):
+    """The s = 0.5 model after 400 tokens (the 256-cell ring has evicted all but the sinks and the last ~250
+    positions), its memory, the tokens and the reference holding the same keys."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    toks = random_tokens(420, seed=seed)
+    llm = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    eval_tokens(llm, toks[:400])
+    ref = RefModel(weights, n_full=full_heads_per_layer(tiny_paths["scores"], 0.5), sink=SINK, window=WINDOW)
+    ref.forward(toks[:400], np.arange(400))
+    return llm, llama_cpp.llama_get_memory(llm._ctx.ctx), toks, ref
+
+
+def _next_matches(llm, toks, ref, q, n=5):
+    """The next n tokens decoded at q..q+n-1 match the reference (the decode is accepted)."""
+    llm.n_tokens = q
+    got = eval_tokens(llm, toks[400 : 400 + n])
+    assert rel_err(got, ref.forward(toks[400 : 400 + n], np.arange(q, q + n))) <= REF_TOL
+
+
+def test_seq_rm_of_a_hole_in_the_window_is_made_and_exact(tiny_paths, weights):
+    """Issue 28's trace (900..950 of 0..999 at S64/W256, here 390..395 of 0..399 at S4/W8): seq_rm returned true and
+    the next decode was refused. The next query's local heads see the keys that are stored; the hole is not
+    stored, so the removal is made and the next tokens match the reference with the same keys."""
+    llm, mem, toks, ref = _wrapped(tiny_paths, weights, seed=61)
+    assert llama_cpp.llama_memory_seq_rm(mem, 0, 390, 395)
+    _drop(ref, (ref.P < 390) | (ref.P >= 395))
+    _next_matches(llm, toks, ref, 400)
+
+
+def test_positive_seq_add_opening_a_gap_is_made_and_exact(tiny_paths, weights):
+    """A positive seq_add that opens a gap inside the next query's window (395..399 -> 398..402, the window of 403
+    being 396..402) was made and then its decode refused: now the gap holds no keys and the decode is exact."""
+    llm, mem, toks, ref = _wrapped(tiny_paths, weights, seed=62)
+    llama_cpp.llama_memory_seq_add(mem, 0, 395, -1, 3)
+    assert _span(mem)[1] == 402
+    ref.P = np.where(ref.P >= 395, ref.P + 3, ref.P)
+    _next_matches(llm, toks, ref, 403)
+
+
+def test_a_sequence_may_start_anywhere(tiny_paths, weights):
+    """A batch that starts an empty sequence at q > 0 is accepted, as upstream accepts it: no keys are stored
+    before q (no sinks either), and the tokens match the reference at those positions."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    toks = random_tokens(40, seed=63)
+    llm = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
+    llm.n_tokens = 50
+    got = eval_tokens(llm, toks)
+    ref = RefModel(weights, n_full=full_heads_per_layer(tiny_paths["scores"], 0.5), sink=SINK, window=WINDOW)
+    assert rel_err(got, ref.forward(toks, np.arange(50, 90))) <= REF_TOL
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        "seq_rm past the window",  # returns false
+        "seq_rm of another sequence id",
+        "seq_add bringing evicted keys into the sinks",
+        "seq_add of every sequence (-1)",
+        "seq_div by 0",
+        "seq_div of every sequence (-1)",
+        "seq_div making evicted keys sinks",
+        "seq_cp into itself",
+    ],
+)
+def test_a_refused_operation_changes_nothing(tiny_paths, weights, op):
+    """Every refusal is made at the call and leaves the cache as it was: same span, and the next tokens at 400
+    match the reference of the untouched sequence (no SIGFPE for d = 0, no assertion for seq_id -1)."""
+    llm, mem, toks, ref = _wrapped(tiny_paths, weights, seed=64)
+    before = _span(mem)
+    with _captured_log():
+        if op == "seq_rm past the window":
+            assert not llama_cpp.llama_memory_seq_rm(mem, 0, 100, -1)
+        elif op == "seq_rm of another sequence id":
+            assert not llama_cpp.llama_memory_seq_rm(mem, 5, 0, -1)
+        elif op == "seq_add bringing evicted keys into the sinks":
+            llama_cpp.llama_memory_seq_add(mem, 0, 0, -1, -20)
+        elif op == "seq_add of every sequence (-1)":  # made for seq 0 alone (see the gap test); upstream asserts
+            llama_cpp.llama_memory_seq_add(mem, -1, 395, -1, 3)
+        elif op == "seq_div by 0":
+            llama_cpp.llama_memory_seq_div(mem, 0, 0, -1, 0)
+        elif op == "seq_div of every sequence (-1)":  # 399 -> 199, outside the window: fine for seq 0 alone
+            llama_cpp.llama_memory_seq_div(mem, -1, 399, -1, 2)
+        elif op == "seq_div making evicted keys sinks":
+            llama_cpp.llama_memory_seq_div(mem, 0, 0, -1, 2)
+        else:
+            llama_cpp.llama_memory_seq_cp(mem, 0, 0, 0, 200)
+    assert _span(mem) == before
+    _next_matches(llm, toks, ref, 400)
