@@ -11,9 +11,12 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstring>
 #include <limits>
 #include <set>
 #include <stdexcept>
+
+static uint64_t rlkv_head_order_hash(const llama_rlkv_meta & meta);
 
 //
 // llama_kv_cache_rlkv
@@ -32,7 +35,7 @@ llama_kv_cache_rlkv::llama_kv_cache_rlkv(
                  uint32_t   n_seq_max,
                  uint32_t   n_ubatch) :
     unified(unified), kv_size(kv_size), n_sink(meta.sink), n_window(meta.window), n_head_kv(meta.n_head_kv), n_seq_max(n_seq_max),
-    n_full(meta.n_full), cp_refused(std::min<uint32_t>(n_seq_max, LLAMA_MAX_SEQ), false),
+    sparsity(meta.sparsity), head_order(rlkv_head_order_hash(meta)), n_full(meta.n_full), cp_refused(std::min<uint32_t>(n_seq_max, LLAMA_MAX_SEQ), false),
     hparams_full(model.hparams), hparams_local(model.hparams) {
 
     const uint32_t L = meta.n_layer;
@@ -470,46 +473,102 @@ bool llama_kv_cache_rlkv::get_can_shift() const {
     return res;
 }
 
-// "rlkv" in a little-endian uint32: the first field of a state saved by this cache
-static constexpr uint32_t RLKV_STATE_MAGIC = 0x766b6c72;
+// the first field of a state saved by this cache, as a little-endian uint32: "rlk2" (S, W, s, H, F_l and the head
+// order); "rlkv" was the earlier format (S, W, F_l only)
+static constexpr uint32_t RLKV_STATE_MAGIC    = 0x326b6c72;
+static constexpr uint32_t RLKV_STATE_MAGIC_V1 = 0x766b6c72;
 
-static std::string rlkv_layout_str(uint32_t sink, uint32_t window, const std::vector<int32_t> & n_full) {
-    std::string res = format("S = %u, W = %u, F_l = [", sink, window);
-    for (size_t il = 0; il < n_full.size(); ++il) {
-        res += format(il == 0 ? "%d" : ", %d", n_full[il]);
+// FNV-1a over each layer's head order (identity where the file has none): two conversions that put other heads
+// in the same slots differ here
+static uint64_t rlkv_head_order_hash(const llama_rlkv_meta & meta) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (uint32_t i = 0; i < meta.n_layer*meta.n_head_kv; ++i) {
+        const uint32_t p = meta.perm.empty() ? i % meta.n_head_kv : meta.perm[i];
+        for (int b = 0; b < 4; ++b) {
+            h = (h ^ ((p >> (8*b)) & 0xff))*0x100000001b3ull;
+        }
     }
-    return res + "]";
+    return h;
+}
+
+struct rlkv_state_layout {
+    uint32_t sink   = 0;
+    uint32_t window = 0;
+    float    sparsity = 0.0f;
+    uint32_t n_head_kv = 0;
+    uint64_t order  = 0;
+    std::vector<int32_t> n_full;
+
+    bool operator==(const rlkv_state_layout & o) const {
+        // s compared bit for bit: it is the file's (or the override's) f32
+        return sink == o.sink && window == o.window && std::memcmp(&sparsity, &o.sparsity, sizeof(float)) == 0 &&
+               n_head_kv == o.n_head_kv && order == o.order && n_full == o.n_full;
+    }
+
+    std::string str() const {
+        std::string res = format("S = %u, W = %u, F_l = [", sink, window);
+        for (size_t il = 0; il < n_full.size(); ++il) {
+            res += format(il == 0 ? "%d" : ", %d", n_full[il]);
+        }
+        return res + format("], s = %g, H = %u, head order %016llx", (double) sparsity, n_head_kv,
+                            (unsigned long long) order);
+    }
+};
+
+rlkv_state_layout llama_kv_cache_rlkv::layout() const {
+    rlkv_state_layout res;
+    res.sink      = n_sink;
+    res.window    = n_window;
+    res.sparsity  = sparsity;
+    res.n_head_kv = n_head_kv;
+    res.order     = head_order;
+    res.n_full    = n_full;
+    return res;
 }
 
 void llama_kv_cache_rlkv::state_write_layout(llama_io_write_i & io) const {
+    const rlkv_state_layout l = layout();
     const uint32_t magic   = RLKV_STATE_MAGIC;
-    const uint32_t n_layer = (uint32_t) n_full.size();
-    io.write(&magic,    sizeof(magic));
-    io.write(&n_sink,   sizeof(n_sink));
-    io.write(&n_window, sizeof(n_window));
-    io.write(&n_layer,  sizeof(n_layer));
-    io.write(n_full.data(), n_layer*sizeof(int32_t));
+    const uint32_t n_layer = (uint32_t) l.n_full.size();
+    io.write(&magic,       sizeof(magic));
+    io.write(&l.sink,      sizeof(l.sink));
+    io.write(&l.window,    sizeof(l.window));
+    io.write(&l.sparsity,  sizeof(l.sparsity));
+    io.write(&l.n_head_kv, sizeof(l.n_head_kv));
+    io.write(&l.order,     sizeof(l.order));
+    io.write(&n_layer,     sizeof(n_layer));
+    io.write(l.n_full.data(), n_layer*sizeof(int32_t));
 }
 
 void llama_kv_cache_rlkv::state_read_layout(llama_io_read_i & io) const {
     uint32_t magic = 0;
     io.read(&magic, sizeof(magic));
+    if (magic == RLKV_STATE_MAGIC_V1) {
+        throw std::runtime_error("rlkv: this state was saved by an earlier rlkv-edge, whose states do not record s "
+                                 "and the head order: not restoring it");
+    }
     if (magic != RLKV_STATE_MAGIC) {
         throw std::runtime_error("rlkv: this state was not saved by a per-head (rlkv) KV cache");
     }
-    uint32_t sink = 0, window = 0, n_layer = 0;
-    io.read(&sink,    sizeof(sink));
-    io.read(&window,  sizeof(window));
-    io.read(&n_layer, sizeof(n_layer));
+    rlkv_state_layout saved;
+    uint32_t n_layer = 0;
+    io.read(&saved.sink,      sizeof(saved.sink));
+    io.read(&saved.window,    sizeof(saved.window));
+    io.read(&saved.sparsity,  sizeof(saved.sparsity));
+    io.read(&saved.n_head_kv, sizeof(saved.n_head_kv));
+    io.read(&saved.order,     sizeof(saved.order));
+    io.read(&n_layer,         sizeof(n_layer));
     if (n_layer != n_full.size()) {
         throw std::runtime_error(format("rlkv: this state was saved for %u layers, the model has %zu", n_layer, n_full.size()));
     }
-    std::vector<int32_t> saved(n_layer);
-    io.read(saved.data(), n_layer*sizeof(int32_t));
-    if (sink != n_sink || window != n_window || saved != n_full) {
-        // another window leaves holes in every ring; other F_l put heads into the other cache
-        throw std::runtime_error("rlkv: this state was saved with " + rlkv_layout_str(sink, window, saved) +
-                                 "; this context has " + rlkv_layout_str(n_sink, n_window, n_full) + ": not restoring it");
+    saved.n_full.resize(n_layer);
+    io.read(saved.n_full.data(), n_layer*sizeof(int32_t));
+    const rlkv_state_layout ours = layout();
+    if (!(saved == ours)) {
+        // another window leaves holes in every ring; other F_l put heads into the other cache; another head order or
+        // s is another conversion, whose rows would land on other heads
+        throw std::runtime_error("rlkv: this state was saved with " + saved.str() + "; this context has " +
+                                 ours.str() + ": not restoring it");
     }
 }
 
@@ -525,11 +584,29 @@ void llama_kv_cache_rlkv::state_write(llama_io_write_i & io, llama_seq_id seq_id
 
 void llama_kv_cache_rlkv::state_read(llama_io_read_i & io, llama_seq_id seq_id, llama_state_seq_flags flags) {
     state_read_layout(io);
-    if (kv_full && (flags & LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0) {
-        kv_full->state_read(io, seq_id, flags);
+    const bool full_part = kv_full && (flags & LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0;
+    try {
+        if (full_part) {
+            kv_full->state_read(io, seq_id, flags);
+        }
+        if (kv_local) {
+            kv_local->state_read(io, seq_id, flags);
+        }
+    } catch (...) {
+        // never half-restored: a cache that failed has cleared what it restored; clear the other one's too, as
+        // upstream's cache does on failure (the sequence, or everything for a whole-context state)
+        if (seq_id == -1) {
+            clear(true);
+        } else {
+            if (full_part) { kv_full ->seq_rm(seq_id, -1, -1); }
+            if (kv_local)  { kv_local->seq_rm(seq_id, -1, -1); }
+        }
+        throw;
     }
-    if (kv_local) {
-        kv_local->state_read(io, seq_id, flags);
+    if (seq_id == -1) {
+        std::fill(cp_refused.begin(), cp_refused.end(), false);
+    } else if (seq_id_ok(seq_id)) {
+        cp_refused[seq_id] = false;
     }
 }
 

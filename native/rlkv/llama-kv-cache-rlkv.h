@@ -12,6 +12,8 @@
 #include <memory>
 #include <vector>
 
+struct rlkv_state_layout;
+
 class llama_kv_cache_rlkv : public llama_memory_i {
 public:
     llama_kv_cache_rlkv(
@@ -93,8 +95,10 @@ private:
     // the predicate for a batch that continues seq_id at q (init_batch)
     bool decodable(llama_seq_id seq_id, llama_pos q) const;
 
-    // a saved state starts with the layout it was saved with (S, W, F_l per layer); reading one saved with
-    // another layout throws before anything is restored (llama_state_*_set_data then return 0)
+    // a saved state starts with the layout it was saved with (S, W, s, H, the head order's hash, F_l per layer);
+    // reading one saved with another layout throws before anything is restored (llama_state_*_set_data then
+    // return 0); a restore that fails later clears what it restored, in both caches
+    rlkv_state_layout layout() const;
     void state_write_layout(llama_io_write_i & io) const;
     void state_read_layout (llama_io_read_i  & io) const;
 
@@ -104,6 +108,8 @@ private:
     const uint32_t n_window;
     const uint32_t n_head_kv;
     const uint32_t n_seq_max;
+    const float    sparsity;
+    const uint64_t head_order; // hash of each layer's head order
     std::vector<int32_t> n_full;
 
     // per sequence: a copy into it was refused (seq_cp returns nothing), so its next decode at q > 0 is refused

@@ -20,6 +20,7 @@ from tiny_runtime import (
     load,
     random_tokens,
     rel_err,
+    write_gguf,
 )
 
 from rlkv_edge.runtime import _captured_log
@@ -142,18 +143,33 @@ def _state(llm, seq_id=None):
     return buf
 
 
-@pytest.mark.parametrize("other", [{"rlkv.window_size": 12}, {"rlkv.sink_size": 2}, {"rlkv.sparsity": 0.75}])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"rlkv.window_size": 12},
+        {"rlkv.sink_size": 2},
+        {"rlkv.sparsity": 0.75},  # other F_l
+        {"rlkv.sparsity": 0.55},  # the same F_l = [1, 1], another s
+        "head order",  # the same S, W, s and F_l, layer 0's heads in the other order
+    ],
+)
 @pytest.mark.parametrize("whole", [True, False])
-def test_state_from_another_layout_is_refused(tiny_paths, other, whole):
-    """A state saved with S = 4, W = 8 at s = 0.5 does not restore into a context with another W, S or F_l (the
-    rows have the same sizes, so it used to restore with holes): set_data returns 0 with a message naming both
-    layouts, and the target context goes on exactly as before."""
+def test_state_from_another_layout_is_refused(tiny_paths, weights, tmp_path, other, whole):
+    """A state saved with S = 4, W = 8 at s = 0.5 does not restore into a context with another W, S, F_l, s or
+    head order (the rows have the same sizes, so it used to restore with holes, or onto other heads): set_data
+    returns 0 with a message naming both layouts, and the target context goes on exactly as before."""
     toks = random_tokens(120, seed=13)
     src = load(tiny_paths["s50"], n_batch=32, n_ubatch=32)
     eval_tokens(src, toks[:100])
     state = _state(src, None if whole else 0)
 
-    dst = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, kv_overrides=other)
+    path, overrides = tiny_paths["s50"], other
+    if other == "head order":
+        rlkv = dict(
+            scores=tiny_paths["scores"], sparsity=0.5, sink=SINK, window=WINDOW, perm=np.array([[1, 0], [0, 1]])
+        )
+        path, overrides = write_gguf(tmp_path / "perm.gguf", weights, rlkv=rlkv), None
+    dst = load(path, n_batch=32, n_ubatch=32, kv_overrides=overrides)
     eval_tokens(dst, toks[:60])
     ctx = dst._ctx.ctx
     with _captured_log() as log:
@@ -166,7 +182,7 @@ def test_state_from_another_layout_is_refused(tiny_paths, other, whole):
     assert "rlkv: this state was saved with S = 4, W = 8, F_l = [" in text and "not restoring it" in text, text
 
     got = eval_tokens(dst, toks[60:64])
-    fresh = load(tiny_paths["s50"], n_batch=32, n_ubatch=32, kv_overrides=other)
+    fresh = load(path, n_batch=32, n_ubatch=32, kv_overrides=overrides)
     eval_tokens(fresh, toks[:60])  # the same batches as dst: a GPU's kernels depend on the batch size
     want = eval_tokens(fresh, toks[60:64])
     assert np.array_equal(got, want), np.abs(got - want).max()
@@ -498,3 +514,36 @@ def test_a_refused_operation_changes_nothing(tiny_paths, weights, op):
             llama_cpp.llama_memory_seq_cp(mem, 0, 0, 0, 200)
     assert _span(mem) == before
     _next_matches(llm, toks, ref, 400)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_failed_restore_leaves_nothing_half_restored(tiny_paths, weights, whole):
+    """A whole-context state whose ring holds more cells than the target's ring (same layout, a larger n_ubatch)
+    restores the full cache and then fails on the local one: set_data returns 0 and the sequence is not left with
+    its full heads' keys alone; it is empty, and decoding it from 0 matches the reference. (One sequence's state
+    restores: the ring evicts as it places the cells; the next tokens then match the reference.)"""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    toks = random_tokens(620, seed=65)
+    src = load(tiny_paths["s50"], n_ctx=1024, n_batch=512, n_ubatch=512)  # ring: pad256(S + W + 512) = 768 cells
+    eval_tokens(src, toks[:600])
+    state = _state(src, None if whole else 0)
+
+    dst = load(tiny_paths["s50"], n_ctx=1024, n_batch=32, n_ubatch=32)  # ring: 256 cells
+    eval_tokens(dst, toks[:40])
+    ctx = dst._ctx.ctx
+    ref = RefModel(weights, n_full=full_heads_per_layer(tiny_paths["scores"], 0.5), sink=SINK, window=WINDOW)
+    mem = llama_cpp.llama_get_memory(ctx)
+    if not whole:
+        assert llama_cpp.llama_state_seq_set_data(ctx, state, len(state), 0) == len(state)
+        assert _span(mem)[1] == 599
+        dst.n_tokens = 600
+        got = eval_tokens(dst, toks[600:605])
+        assert rel_err(got, ref.forward(toks[:605], np.arange(605))[600:]) <= REF_TOL
+        return
+    with _captured_log():
+        assert llama_cpp.llama_state_set_data(ctx, state, len(state)) == 0
+    assert _span(mem) == (-1, -1)
+    dst.n_tokens = 0
+    got = eval_tokens(dst, toks[:20])
+    assert rel_err(got, ref.forward(toks[:20], np.arange(20))) <= REF_TOL
