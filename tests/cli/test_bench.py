@@ -84,7 +84,7 @@ def test_bench_table_with_baseline_file(tiny: Path, tmp_path: Path) -> None:
         (["--depths", "0,x"], "--depths must be"),
         (["--depths", "4000", "--ctx", "1024"], "does not fit --ctx"),
         (["-s", "2"], "--sparsity must be in [0, 1]"),
-        (["--fill", "guess"], "--fill must be one of compute, mark"),
+        (["--fill", "guess"], "Invalid value for '--fill': 'guess' is not one of 'compute', 'mark'"),
     ],
 )
 def test_bench_bad_input(tiny: Path, args: list[str], message: str) -> None:
