@@ -7,6 +7,7 @@ is printed as one line `rlkv-edge: error: ...` on stderr; the exit code is the e
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +45,13 @@ def _usage_message(e: typer.TyperException) -> str:
     """click's message for a bad command line, with where to read more."""
     ctx = getattr(e, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    return f"{e.format_message().replace('Value error, ', '')}{where}"
+    message = e.format_message().replace("Value error, ", "")
+    param = getattr(e, "param", None)
+    if ctx is not None and param is not None and param.name:  # name the variable only if the value came from it
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "ENVIRONMENT":
+            message = re.sub(r" \(env var: '[A-Z0-9_]+'\)", "", message, count=1)
+    return f"{message}{where}"
 
 
 _display_type_rich = TyperOption.display_type_rich
