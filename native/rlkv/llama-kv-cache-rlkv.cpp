@@ -403,12 +403,12 @@ llama_memory_context_ptr llama_kv_cache_rlkv::init_batch(llama_batch_allocr & ba
         if (q > 0 && cp_refused[s]) {
             LLAMA_LOG_WARN("%s: rlkv: refusing a batch that continues seq %d at position %d: a copy into it was "
                            "refused (seq_cp); re-evaluate the sequence\n", __func__, s, q);
-            return std::make_unique<llama_kv_cache_rlkv_context>(LLAMA_MEMORY_STATUS_FAILED_PREPARE);
+            return llama_kv_cache_rlkv_context::refused();
         }
         if (q > 0 && !decodable(s, q)) {
             LLAMA_LOG_WARN("%s: rlkv: refusing a batch that continues seq %d at position %d: the ring lacks keys its "
                            "local heads see (sinks and window); re-evaluate the sequence\n", __func__, s, q);
-            return std::make_unique<llama_kv_cache_rlkv_context>(LLAMA_MEMORY_STATUS_FAILED_PREPARE);
+            return llama_kv_cache_rlkv_context::refused();
         }
     }
 
@@ -625,6 +625,17 @@ static llama_memory_status rlkv_combine(const llama_memory_context_ptr & a, cons
 }
 
 llama_kv_cache_rlkv_context::llama_kv_cache_rlkv_context(llama_memory_status status) : status(status) {}
+
+llama_memory_context_ptr llama_kv_cache_rlkv_context::refused() {
+    auto res = std::make_unique<llama_kv_cache_rlkv_context>(LLAMA_MEMORY_STATUS_FAILED_PREPARE);
+    res->is_refused = true;
+    return res;
+}
+
+bool llama_rlkv_batch_refused(const llama_memory_context_i * mctx) {
+    const auto * m = dynamic_cast<const llama_kv_cache_rlkv_context *>(mctx);
+    return m != nullptr && m->get_refused();
+}
 
 llama_kv_cache_rlkv_context::llama_kv_cache_rlkv_context(llama_kv_cache_rlkv * kv) : kv(kv) {
     if (kv->get_full())  { ctx_full  = kv->get_full ()->init_full(); }

@@ -130,6 +130,11 @@ public:
 
     llama_kv_cache_rlkv_context(llama_memory_status status);
 
+    // a batch the cache refuses (it continues a sequence whose ring lacks keys): FAILED_PREPARE, but not for want
+    // of room, so llama_decode returns -1 (invalid input) instead of 1 (see llama_rlkv_batch_refused)
+    static llama_memory_context_ptr refused();
+    bool get_refused() const { return is_refused; }
+
     // full-cache context
     llama_kv_cache_rlkv_context(llama_kv_cache_rlkv * kv);
 
@@ -167,4 +172,6 @@ private:
     llama_memory_context_ptr ctx_local;
 
     llama_memory_status status;
+
+    bool is_refused = false;
 };

@@ -10,6 +10,7 @@ struct llama_model_loader;
 struct llama_memory_params;
 struct llama_cparams;
 struct llama_memory_i;
+struct llama_memory_context_i;
 struct llm_graph_context;
 class  llm_graph_input_attn_kv;
 
@@ -48,3 +49,7 @@ ggml_tensor * llama_rlkv_build_attn_upstream(
         ggml_tensor * kq_mask,
         ggml_tensor * sinks,
         float         kq_scale);
+
+// true when the memory refused the batch (llama_decode then returns -1, invalid input for that sequence) rather than
+// lacking room for it (1, which callers such as llama-server retry after evicting other slots' caches)
+bool llama_rlkv_batch_refused(const llama_memory_context_i * mctx);

@@ -264,7 +264,10 @@ def test_seq_cp_whole_exact_partial_refused_when_the_ring_lacks_keys(tiny_paths,
 
         llama_cpp.llama_memory_seq_cp(mem, 0, 1, 0, 150)  # keys 142..149 left the 256-cell ring long ago
         assert llama_cpp.llama_memory_seq_pos_max(mem, 1) == -1
-        assert _decode(ctx, toks[150:151], [150], 1)[0] != 0
+        # continuing the copy that was not made is refused as invalid input (-1), not as a full cache (1, which
+        # llama-server answers by evicting other slots' caches and shrinking its batch)
+        assert _decode(ctx, toks[150:151], [150], 1)[0] == -1
+        llama_cpp.llama_memory_seq_rm(mem, 1, -1, -1)  # the caller starts over: seq 1 is a new sequence again
 
         llama_cpp.llama_memory_seq_cp(mem, 0, 1, 0, 590)  # its window 582..589 and the sinks are resident
         assert llama_cpp.llama_memory_seq_pos_max(mem, 1) == 589
