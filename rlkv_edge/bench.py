@@ -262,8 +262,10 @@ def run_bench(
     type_v: str | None = None,
     fill: str = "compute",
     log: Callable[[str], None] | None = None,
+    load_kwargs: dict[str, Any] | None = None,
 ) -> list[BenchResult]:
-    """Measure every configuration (one model loaded at a time) in this process, reps round-robin."""
+    """Measure every configuration (one model loaded at a time) in this process, reps round-robin; load_kwargs go
+    to llama-cpp-python's Llama (flash_attn, n_batch, n_ubatch, use_mmap, use_mlock)."""
     from rlkv_edge import runtime
 
     need = max(depths) + max(n_pp, n_tg)
@@ -280,6 +282,7 @@ def run_bench(
     kwargs: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512}
     if n_threads:
         kwargs.update(n_threads=n_threads, n_threads_batch=n_threads)
+    kwargs.update(load_kwargs or {})
     results: list[BenchResult] = []
     pp_runs: list[dict[int, list[float]]] = [{d: [] for d in depths} for _ in configs]
     tg_runs: list[dict[int, list[float]]] = [{d: [] for d in depths} for _ in configs]

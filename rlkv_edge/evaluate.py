@@ -239,8 +239,10 @@ def evaluate(
     reward: str | None = None,
     chunks: int | None = None,
     log: Callable[[str], None] | None = None,
+    load_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the task and/or text evaluation for no compression and each sparsity; a JSON-ready dict."""
+    """Run the task and/or text evaluation for no compression and each sparsity; a JSON-ready dict (load_kwargs go
+    to llama-cpp-python's Llama: flash_attn, n_batch, n_ubatch, use_mmap, use_mlock)."""
     if tasks is None and text is None:
         raise UsageError("give --tasks and/or --text")
     if chunks is not None and text is None:
@@ -256,6 +258,7 @@ def evaluate(
     load: dict[str, Any] = dict(n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, logits_all=text is not None)
     if n_threads:
         load["n_threads"] = n_threads
+    load.update(load_kwargs or {})
     out: dict[str, Any] = {"model": str(model.path), "n_ctx": n_ctx, "tasks": None, "text": None}
     task_results: list[TaskResult] = []
     text_results: list[TextResult] = []

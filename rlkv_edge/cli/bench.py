@@ -13,15 +13,19 @@ import typer
 from rlkv_edge.bench import BenchConfig, markdown_table, parse_depths, results_json, run_bench
 from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import (
+    BatchOpt,
     CacheKOpt,
     CacheVOpt,
     Fill,
+    FlashAttnOpt,
     GpuOpt,
     ModelOpt,
     ModelPathArg,
+    NoMmapOpt,
     RuntimeOptions,
     SparsitiesOpt,
     ThreadsOpt,
+    UbatchOpt,
     env,
     need_model,
 )
@@ -64,6 +68,10 @@ def bench(
             "and a 32k depth takes no 32k-token prefill).",
         ),
     ] = "compute",
+    flash_attn: FlashAttnOpt = "auto",
+    batch_size: BatchOpt = None,
+    ubatch_size: UbatchOpt = None,
+    no_mmap: NoMmapOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ) -> None:
     """pp/tg speed at several depths and KV MiB, without compression and at each sparsity, in one process."""
@@ -72,7 +80,15 @@ def bench(
         raise UsageError("--n-prompt and --n-gen must be >= 0 and not both 0")
     n_ctx = ctx or max(ds) + max(n_prompt, n_gen)
     opts = RuntimeOptions(
-        ctx=n_ctx, n_gpu_layers=n_gpu_layers, cache_type_k=cache_type_k, cache_type_v=cache_type_v, threads=threads
+        ctx=n_ctx,
+        n_gpu_layers=n_gpu_layers,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+        threads=threads,
+        flash_attn=flash_attn,
+        n_batch=batch_size,
+        n_ubatch=ubatch_size,
+        mmap=not no_mmap,
     )
     target = read_model(need_model(model, model_opt))
     base = read_model(baseline) if baseline is not None else None
@@ -92,6 +108,7 @@ def bench(
         type_v=opts.cache_type_v,
         fill=fill,
         log=None if as_json else progress,
+        load_kwargs={k: v for k, v in opts.llama_kwargs().items() if k != "n_threads"},
     )
     if as_json:
         print(

@@ -10,14 +10,17 @@ import typer
 
 from rlkv_edge.cli.app import progress
 from rlkv_edge.cli.options import (
+    BatchOpt,
     CacheKOpt,
     CacheVOpt,
     CtxOpt,
+    FlashAttnOpt,
     GpuOpt,
     LimitOpt,
     MaxTokensOpt,
     ModelOpt,
     ModelPathArg,
+    NoMmapOpt,
     RewardOpt,
     RuntimeOptions,
     SparsitiesOpt,
@@ -25,6 +28,7 @@ from rlkv_edge.cli.options import (
     TasksOpt,
     TextOpt,
     ThreadsOpt,
+    UbatchOpt,
     need_model,
 )
 from rlkv_edge.errors import UsageError
@@ -55,6 +59,10 @@ def eval_cmd(
             "each scored; at most N chunks, -1 = all. Default: one --ctx prefix, every position.",
         ),
     ] = None,
+    flash_attn: FlashAttnOpt = "auto",
+    batch_size: BatchOpt = None,
+    ubatch_size: UbatchOpt = None,
+    no_mmap: NoMmapOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Accuracy and next-token agreement at each sparsity against the same model without compression."""
@@ -62,7 +70,15 @@ def eval_cmd(
         raise UsageError(f"--n-predict must be positive, got {max_tokens}")
     target = read_model(need_model(model, model_opt))
     opts = RuntimeOptions(
-        ctx=ctx, n_gpu_layers=n_gpu_layers, cache_type_k=cache_type_k, cache_type_v=cache_type_v, threads=threads
+        ctx=ctx,
+        n_gpu_layers=n_gpu_layers,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+        threads=threads,
+        flash_attn=flash_attn,
+        n_batch=batch_size,
+        n_ubatch=ubatch_size,
+        mmap=not no_mmap,
     ).for_model(target)
     out = evaluate(
         target,
@@ -80,6 +96,7 @@ def eval_cmd(
         reward=reward,
         chunks=chunks,
         log=None if as_json else progress,
+        load_kwargs={k: v for k, v in opts.llama_kwargs().items() if k != "n_threads"},
     )
     print(json.dumps(out, indent=2) if as_json else render(out))
     sys.stdout.flush()

@@ -221,3 +221,30 @@ def test_shared_choices_match_the_code() -> None:
     assert set(get_args(options.CacheType)) == set(KV_TYPES)
     assert get_args(options.Fill) == FILLS
     assert get_args(options.Objective) == OBJECTIVES
+
+
+@pytest.mark.parametrize("cmd", ["bench", "eval"])
+def test_bench_and_eval_pass_load_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmd: str) -> None:
+    """bench (llama-bench's -fa/-b/-ub) and eval (llama-perplexity's) load every configuration with them."""
+    import importlib
+
+    from app_fixtures import tiny_rlkv
+
+    model = tiny_rlkv(tmp_path / "tiny.rlkv.gguf").path
+    module = importlib.import_module("rlkv_edge.bench" if cmd == "bench" else "rlkv_edge.evaluate")
+    seen: list[dict[str, object]] = []
+    real = module.open_model
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "open_model", spy)
+    (tmp_path / "t.txt").write_text("the cat sat on the mat and the dog sat on the log. " * 20)
+    extra = ["--depths", "0", "-p", "8", "-n", "4"] if cmd == "bench" else ["-f", str(tmp_path / "t.txt"), "-c", "64"]
+    r = CliRunner().invoke(app, [cmd, "-m", str(model), *extra, "-fa", "off", "-b", "32", "-ub", "16", "--no-mmap"])
+    assert r.exit_code == 0, r.output
+    loads = [kw for kw in seen if "logits_all" in kw or cmd == "bench"]  # not eval's tokenizer probe
+    assert len(loads) == 2 and all(
+        (kw["flash_attn"], kw["n_batch"], kw["n_ubatch"], kw["use_mmap"]) == (False, 32, 16, False) for kw in loads
+    ), seen
