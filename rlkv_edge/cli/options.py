@@ -11,16 +11,16 @@ from typing import Annotated, Any, Literal, get_args
 
 import typer
 
+from rlkv_edge import catalog
 from rlkv_edge.calibration import choose_config, config_warnings
+from rlkv_edge.catalog import CatalogModel
 from rlkv_edge.cli.app import note, warn
-from rlkv_edge.errors import UsageError
+from rlkv_edge.errors import ModelError, UsageError
 from rlkv_edge.masks import check_sparsity
 from rlkv_edge.memory import DEFAULT_UBATCH, choose_sparsity, parse_size
 from rlkv_edge.models import (
+    BUNDLED,
     ModelFile,
-    bundled_model_path,
-    cache_dir,
-    default_heads_path,
     open_model,
     read_model,
     require_compression,
@@ -399,29 +399,52 @@ class RuntimeOptions:
         return llm
 
 
-def default_model(*, quiet: bool = False) -> ModelFile:
-    """The bundled SmolLM2 converted with the default heads file (converted once, cached), or the plain file."""
-    src = bundled_model_path()
-    heads_file = default_heads_path()
+def catalog_model(entry: CatalogModel, *, quiet: bool = False, fetch_missing: bool = True) -> ModelFile:
+    """A named model converted once with its default heads file (cached), fetching its GGUF on first use; the
+    plain file when this build ships no heads file for it."""
+    src = entry.gguf()
+    if src is None:
+        if not fetch_missing:
+            raise ModelError(f"{entry.name} is not on this machine yet (rlkv-edge models fetch {entry.name})")
+        if not quiet:
+            note(f"{entry.name} is not on this machine yet: fetching it once ({entry.source.describe()})")
+        src = catalog.fetch(entry, quiet=quiet)
+    heads_file = entry.heads_path()
     if heads_file is None:
         return read_model(
             src,
-            "no default heads file in this build (rlkv_edge/data/default_heads.json): using the "
-            "unconverted bundled SmolLM2, without KV compression",
+            f"no default heads file for {entry.name} in this build: using the unconverted file, without KV compression",
         )
     digest = hashlib.sha256(heads_file.read_bytes()).hexdigest()[:12]
-    dst = cache_dir() / "models" / f"{src.stem}.{digest}.rlkv.gguf"
+    dst = catalog.models_dir() / f"{src.stem}.{digest}.rlkv.gguf"
     if not dst.is_file():
         from rlkv_edge.convert import convert_gguf
         from rlkv_edge.heads import load_heads
 
         if not quiet:
-            note(f"converting the bundled model once into {dst}")
+            note(f"converting {entry.name} once with its default heads into {dst}")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(src, load_heads(heads_file), dst, progress=False, heads_path=str(heads_file))
+        convert_gguf(src, load_heads(heads_file), dst, progress=False, heads_path=heads_file.name)
     return read_model(dst)
 
 
+def default_model(*, quiet: bool = False) -> ModelFile:
+    """The bundled SmolLM2 converted with the default heads file (converted once, cached), or the plain file."""
+    return catalog_model(BUNDLED, quiet=quiet)
+
+
 def resolve_model(model: str | os.PathLike[str] | None, *, quiet: bool = False) -> ModelFile:
-    """MODEL as given (its header read once), or the default model when None."""
-    return default_model(quiet=quiet) if model is None else read_model(model)
+    """MODEL as given (its header read once), a catalog name (`rlkv-edge models`: converted with its default
+    heads, fetched on first use), or the default model when None."""
+    if model is None:
+        return default_model(quiet=quiet)
+    entry = catalog.find(str(model)) if not Path(model).expanduser().exists() else None
+    return catalog_model(entry, quiet=quiet) if entry is not None else read_model(model)
+
+
+def plain_model_path(model: str | os.PathLike[str]) -> Path:
+    """A GGUF path as given, or a catalog name's plain (unconverted) GGUF, fetched on first use (convert, train)."""
+    entry = catalog.find(str(model)) if not Path(model).expanduser().exists() else None
+    if entry is None:
+        return Path(model)
+    return catalog.fetch(entry)

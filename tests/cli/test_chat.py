@@ -199,13 +199,14 @@ def test_default_model_converts_once_with_the_default_heads_file(
 ) -> None:
     from app_fixtures import placeholder_scores
 
+    from rlkv_edge.catalog import CatalogModel
     from rlkv_edge.cli import options
     from rlkv_edge.heads import HeadScores, save_heads
     from rlkv_edge.metadata import read_rlkv_info
 
     heads_file = tmp_path / "default_heads.json"  # a test stand-in for rlkv_edge/data/default_heads.json
     save_heads(HeadScores(placeholder_scores(30, 3), method="test placeholder"), heads_file)
-    monkeypatch.setattr(options, "default_heads_path", lambda: heads_file)
+    monkeypatch.setattr(CatalogModel, "heads_path", lambda self: heads_file)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = options.default_model(quiet=True)
     assert first.note is None and first.path.parent == tmp_path / "cache" / "rlkv-edge" / "models"
