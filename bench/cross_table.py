@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from showcase import default_threads, random_scores, task_accuracy, uniform_scores
+from showcase import default_threads, random_scores, uniform_scores
 
 from rlkv_edge import tasks as T
 from rlkv_edge.convert import convert_gguf
-from rlkv_edge.evaluate import compare_logprobs, read_text_file, text_logprobs
+from rlkv_edge.evaluate import Task, compare_logprobs, read_text_file, run_tasks, text_logprobs
 from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.masks import full_head_mask
 from rlkv_edge.models import bundled_model_path, open_model
@@ -69,6 +69,7 @@ class Row:
     kl: float | None = None
     top1: float | None = None
     ranks: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, dict[str, float]] = field(default_factory=dict)  # per task family: tokens, cut-off, longer
 
 
 @dataclass
@@ -80,9 +81,15 @@ class Family:
     reward: Callable[..., list[float]]
     max_tokens: int
 
-    def accuracy(self, llm: Any) -> float:
-        """Fraction answered correctly (the question alone through the chat template, greedy)."""
-        return task_accuracy(llm, self.problems, self.max_tokens, self.reward) / len(self.problems)
+    def measure(self, llm: Any, sink: int, window: int) -> dict[str, float]:
+        """Accuracy, mean answer tokens, cut-off share and the share of answers longer than S + W (the question
+        alone through the chat template, greedy)."""
+        tasks = [Task(p["question"], p["answer"]) for p in self.problems]
+        res = run_tasks(
+            llm, tasks, max_tokens=self.max_tokens, label="", sparsity=None, system=None, reward=self.reward
+        )
+        longer = sum(o["tokens"] > sink + window for o in res.outputs) / len(res.outputs)
+        return {"accuracy": res.accuracy, "tokens": res.mean_output_tokens, "cut_off": res.cut_off, "longer": longer}
 
 
 def head_sets(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -115,16 +122,23 @@ class Measurer:
         self.args, self.src, self.tmp, self.log = args, src, tmp, log
         self.families: list[Family] = []
         if "reasoning" in args.evals:
-            from rlkv_edge import reasoning as R
+            if args.family == "trace":  # Qwen2.5-Coder-0.5B's family (rlkv_edge/program_trace.py)
+                from rlkv_edge import program_trace as P
 
-            problems = R.make_problems(args.n_reasoning, R.EVAL_SEED)
-            self.families.append(Family("reasoning", problems, R.reasoning_reward, R.MAX_TOKENS))
+                problems = P.make_problems(args.n_reasoning, P.EVAL_SEED)
+                self.families.append(Family("reasoning", problems, P.trace_reward, P.MAX_TOKENS))
+            else:  # the linked-code family (rlkv_edge/reasoning.py), at chance on SmolLM2
+                from rlkv_edge import reasoning as R
+
+                problems = R.make_problems(args.n_reasoning, R.EVAL_SEED)
+                self.families.append(Family("reasoning", problems, R.chain_reward, 256))
         if "recall" in args.evals:
             problems = T.make_problems(args.n_recall, T.EVAL_SEED, args.recall_words, args.recall_lead)
             self.families.append(Family("recall", problems, T.recall_reward, 16))
         self.cache: dict[str, Any] = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
         self.settings = {
-            "reasoning": f"{args.n_reasoning}", "recall": f"{args.n_recall}|{args.recall_words}|{args.recall_lead}",
+            "reasoning": f"{args.family}|{args.n_reasoning}",
+            "recall": f"{args.n_recall}|{args.recall_words}|{args.recall_lead}",
             "kl": f"{args.text_tokens}",
         }  # fmt: skip
         self.tokens: list[int] = []
@@ -161,10 +175,12 @@ class Measurer:
         out: dict[str, float] = {}
         families = [f for f in self.families if f.name in evals]
         if families:
-            llm = open_model(path, n_ctx=2048, sparsity=s, n_threads=self.args.threads)
+            llm = open_model(path, n_ctx=self.args.family_ctx, sparsity=s, n_threads=self.args.threads)
             try:
                 for fam in families:
-                    out[fam.name] = fam.accuracy(llm)
+                    got = fam.measure(llm, self.args.sink, self.args.window)
+                    out[fam.name] = got["accuracy"]
+                    out[f"{fam.name}_detail"] = got  # type: ignore[assignment]
             finally:
                 llm.close()
         if "kl" in evals:
@@ -183,6 +199,8 @@ class Measurer:
             got = self._measure(self.convert(name, scores), s, missing)
             for ev in missing:
                 self.cache[keys[ev]] = {"kl": got["kl"], "top1": got["top1"]} if ev == "kl" else got[ev]
+                if f"{ev}_detail" in got:
+                    self.cache[keys[ev] + "|detail"] = got[f"{ev}_detail"]
             if self.args.cache:
                 self.args.cache.write_text(json.dumps(self.cache, indent=1))
         row = Row(name, s)
@@ -192,6 +210,7 @@ class Measurer:
                 row.kl, row.top1 = value["kl"], value["top1"]
             else:
                 setattr(row, ev, value)
+                row.detail[ev] = self.cache.get(k + "|detail", {})
         shown = [f"{ev} {getattr(row, ev):.4f}" for ev in (*EVALS, "top1") if getattr(row, ev) is not None]
         self.log(f"s={s:g} {name}: " + ", ".join(shown))
         return row
@@ -278,6 +297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--sparsity", type=float, action="append", default=None, help="repeatable (default .25 .5 .75)")
     ap.add_argument("--n-reasoning", type=int, default=40, help="held-out reasoning problems")
+    ap.add_argument("--family-ctx", type=int, default=2048, help="n_ctx for the task families")
+    ap.add_argument("--family", choices=("chain", "trace"), default="chain", help="the reasoning family")
     ap.add_argument("--n-recall", type=int, default=30, help="held-out key-recall problems")
     ap.add_argument("--recall-words", type=int, default=None, help="key recall: filler words after the code")
     ap.add_argument("--recall-lead", type=int, default=None, help="key recall: filler words before the code")
@@ -329,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "sink": args.sink,
         "window": args.window,
         "n_reasoning": args.n_reasoning,
+        "family": args.family,
         "n_recall": args.n_recall,
         "recall_words": [args.recall_lead, args.recall_words],
         "text": TEXT.name,

@@ -143,8 +143,17 @@ def run_tasks(
         cut = r["choices"][0].get("finish_reason") == "length"
         n_ok += ok
         n_cut += cut
-        n_tok += int(r["usage"]["completion_tokens"])
-        outputs.append({"answer": t.answer, "extracted": extract_answer(text) or "", "correct": ok, "cut_off": cut})
+        tokens = int(r["usage"]["completion_tokens"])
+        n_tok += tokens
+        outputs.append(
+            {
+                "answer": t.answer,
+                "extracted": extract_answer(text) or "",
+                "correct": ok,
+                "cut_off": cut,
+                "tokens": tokens,
+            }
+        )
     n = len(tasks)
     return TaskResult(label, sparsity, n, n_ok / n, n_tok / n, n_cut / n, outputs)
 

@@ -118,8 +118,13 @@ def register_reward(name: str, fn: RewardFn) -> None:
     REWARDS[name] = fn
 
 
+_FAMILY_REWARDS = {"chain": "rlkv_edge.reasoning", "trace": "rlkv_edge.program_trace"}
+
+
 def get_reward(spec: str) -> RewardFn:
     """A reward by registered name, or ``package.module:function`` for a plug-in."""
+    if spec in _FAMILY_REWARDS and spec not in REWARDS:  # the task families register theirs on import
+        importlib.import_module(_FAMILY_REWARDS[spec])
     if spec in REWARDS:
         return REWARDS[spec]
     if ":" in spec:

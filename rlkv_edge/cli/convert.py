@@ -20,6 +20,7 @@ from rlkv_edge.cli.options import (
     ThreadsOpt,
     check_plot_path,
     need_model,
+    plain_model_path,
 )
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.convert.inspect import plot_scores, render_report
@@ -104,7 +105,7 @@ def _convert_inputs(model: Path | None, model_opt: Path | None, mask: Path | Non
             )
     if mask is not None and mask.suffix.lower() == ".gguf":
         raise UsageError(f"--mask {mask} is a GGUF: give the model first or with -m, and the heads file with --mask")
-    path = need_model(model, model_opt)
+    path = plain_model_path(need_model(model, model_opt))  # a catalog name: its plain GGUF, fetched on first use
     if mask is None:
         raise UsageError("missing --mask HEADS: a heads.json (rlkv-edge train) or a DuoAttention / RLKV *.tsv")
     return path, mask
