@@ -151,8 +151,7 @@ def test_corrupted_metadata_fuzz(tmp_path, weights):
             if len(parts) == 2 and parts[0] in ("OK", "FAIL"):
                 results[parts[1]] = parts[0]
     assert len(results) == len(paths)
-    for p, is_valid in valid.items():
-        if is_valid:
-            assert results[p] == "OK", p
-    n_fail = sum(1 for v in results.values() if v == "FAIL")
-    assert n_fail > 200  # most corruptions are rejected
+    # every file gets its own verdict: valid metadata loads and decodes, every corruption is refused
+    wrong = [(p, results[p]) for p, is_valid in valid.items() if results[p] != ("OK" if is_valid else "FAIL")]
+    assert not wrong, wrong[:10]
+    assert 0 < sum(valid.values()) < len(valid) - 200  # both verdicts are exercised, most files corrupted

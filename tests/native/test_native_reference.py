@@ -56,6 +56,27 @@ def test_reference_logits(tiny_paths, weights, key, flash_attn, mode):
     assert rel_err(full, ref) > 1e-2
 
 
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_the_reference_tells_the_window_and_the_sinks_apart_by_one_key(tiny_paths, weights, mode):
+    """The agreement at (S, W) is not loose enough to hide an off-by-one in the mask: the reference with W ± 1 or
+    S ± 1 is far from the runtime's logits (0.12-0.14 here, against the tolerance 1e-3; issue 28)."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], 0.5)
+    toks = random_tokens(N_TOK, seed=71)
+    batch = 8 if mode == "token" else 32
+    llm = load(tiny_paths["s50"], n_batch=batch, n_ubatch=batch)
+    got = eval_tokens(llm, toks, one_by_one=mode == "token")
+
+    def err(sink, window):
+        ref = RefModel(weights, n_full=n_full, sink=sink, window=window).forward(toks, np.arange(N_TOK))
+        return rel_err(got, ref)
+
+    assert err(SINK, WINDOW) <= REF_TOL
+    for sink, window in ((SINK - 1, WINDOW), (SINK + 1, WINDOW), (SINK, WINDOW - 1), (SINK, WINDOW + 1)):
+        assert err(sink, window) > 10 * REF_TOL, (sink, window, err(sink, window))
+
+
 @pytest.mark.skipif(N_GPU_LAYERS > 0, reason="the grouped decode path serves caches in host memory only")
 # GQA groups of 2, 3, 4 and 10 (sub-groups 8 + 2); D = 24 ends in a half vector
 @pytest.mark.parametrize("n_head, d", [(4, 16), (6, 16), (8, 24), (20, 8)])
