@@ -550,3 +550,31 @@ def test_a_failed_restore_leaves_nothing_half_restored(tiny_paths, weights, whol
     dst.n_tokens = 0
     got = eval_tokens(dst, toks[:20])
     assert rel_err(got, ref.forward(toks[:20], np.arange(20))) <= REF_TOL
+
+
+def test_all_local_heads_refuse_what_the_ring_evicted_and_serve_the_rest(tiny_paths, weights):
+    """s = 1 (no full cache): the ring is the only store, so every non-sink position before the newest query's
+    window that it does not hold counts as evicted. A roll-back past the window is refused and changes nothing;
+    one within the ring's slack and a hole inside the window are made, and the next tokens match the reference."""
+    from rlkv_edge.masks import full_heads_per_layer
+
+    n_full = full_heads_per_layer(tiny_paths["scores"], 1.0)
+    assert list(n_full) == [0, 0]
+    toks = random_tokens(420, seed=66)
+    llm = load(tiny_paths["s100"], n_batch=32, n_ubatch=32)
+    eval_tokens(llm, toks[:400])
+    mem = llama_cpp.llama_get_memory(llm._ctx.ctx)
+    ref = RefModel(weights, n_full=n_full, sink=SINK, window=WINDOW)
+    ref.forward(toks[:400], np.arange(400))
+
+    before = _span(mem)
+    assert not llama_cpp.llama_memory_seq_rm(mem, 0, 100, -1)  # the window of 100 was evicted long ago
+    assert _span(mem) == before
+
+    assert llama_cpp.llama_memory_seq_rm(mem, 0, 398, -1)  # back by two: 391..397 are resident
+    ref.truncate(398)
+    assert llama_cpp.llama_memory_seq_rm(mem, 0, 393, 395)  # a hole in the window of 398
+    _drop(ref, (ref.P < 393) | (ref.P >= 395))
+    llm.n_tokens = 398
+    got = eval_tokens(llm, toks[400:405])
+    assert rel_err(got, ref.forward(toks[400:405], np.arange(398, 403))) <= REF_TOL
