@@ -170,6 +170,29 @@ def text_logprobs(llm: Any, tokens: Sequence[int], chunk: int = 256) -> np.ndarr
     return out
 
 
+def tail_logprobs(llm: Any, tokens: Sequence[int], n_scored: int) -> np.ndarray:
+    """log softmax of the next-token logits at the last `n_scored` positions of `tokens`, for a model loaded
+    without logits_all: the prefix is evaluated keeping no logits, so a 32k-token text over a 150k vocabulary
+    needs [n_scored, n_vocab] floats, not [n_ctx, n_vocab] (llama-cpp-python's logits_all array)."""
+    n_scored = min(n_scored, len(tokens))
+    start = len(tokens) - n_scored
+    llm.reset()
+    if start:
+        llm.eval(list(tokens[:start]))
+    out = np.empty((n_scored, llm.n_vocab()), dtype=np.float32)
+    for i in range(start, len(tokens), llm.n_batch):
+        chunk = list(tokens[i : min(len(tokens), i + llm.n_batch)])
+        # one batch with logits at every token: what Llama.eval does with logits_all, without its n_ctx array
+        llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[llm.n_tokens : llm.n_tokens + len(chunk)] = chunk
+        llm.n_tokens += len(chunk)
+        x = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), llm.n_vocab())).astype(np.float64)
+        x -= x.max(axis=1, keepdims=True)
+        out[i - start : i - start + len(chunk)] = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    return out
+
+
 def compare_logprobs(base: np.ndarray, other: np.ndarray, chunk: int = 256) -> tuple[float, float]:
     """Mean KL(base ‖ other) in nats and top-1 agreement over positions."""
     kl_sum, agree = 0.0, 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from rlkv_edge.bench import bench_loaded
 from rlkv_edge.calibration import Calibration, CalibrationPoint, grid
-from rlkv_edge.evaluate import Task, compare_logprobs, run_tasks, text_logprobs
+from rlkv_edge.evaluate import Task, compare_logprobs, run_tasks, tail_logprobs, text_logprobs
 from rlkv_edge.memory import MIB
 from rlkv_edge.models import open_model
 
@@ -74,9 +74,11 @@ def measure(
     tasks: Sequence[Task] = (),
     task_options: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    score_last: int | None = None,
 ) -> list[FrontierPoint]:
     """Measure every configuration in this process; the first one is the reference (f16 full cache). With
-    tasks, also the share answered correctly (`run_tasks` with task_options: max_tokens, system, reward)."""
+    tasks, also the share answered correctly (`run_tasks` with task_options: max_tokens, system, reward).
+    score_last: KL over the last positions of the text only (long texts and large vocabularies)."""
     base_lp: np.ndarray | None = None
     points: list[FrontierPoint] = []
     threads = n_threads or min(os.cpu_count() or 1, 8)
@@ -100,10 +102,10 @@ def measure(
                 n_ubatch=512,
             )
 
-        llm = load(logits_all=True)
+        llm = load(logits_all=score_last is None)
         try:
             full, local = runtime.kv_bytes(llm)
-            lp = text_logprobs(llm, tokens)
+            lp = text_logprobs(llm, tokens) if score_last is None else tail_logprobs(llm, tokens, score_last)
             base_lp = lp if base_lp is None else base_lp
             kl, top1 = compare_logprobs(base_lp, lp)
             del lp

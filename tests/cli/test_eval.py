@@ -216,3 +216,27 @@ def test_eval_key_recall_whole_answer_on_smollm2(tmp_path: Path) -> None:
     acc = {x["label"]: x["accuracy"] for x in out["tasks"]["results"]}
     assert acc == {"none": 1.0, "s=1": 0.0}
     assert out["tasks"]["system"] is None and out["tasks"]["reward"] == "rlkv_edge.tasks:recall_reward"
+
+
+def test_tail_logprobs_equal_the_tail_of_all_logprobs(smollm2: Path) -> None:
+    """KL over the last positions of a long text (no [n_ctx, n_vocab] array) scores exactly those positions."""
+    from rlkv_edge.evaluate import compare_logprobs, read_text_file, tail_logprobs, text_logprobs
+    from rlkv_edge.models import open_model
+
+    body = read_text_file(Path("/usr/share/common-licenses/GPL-3")).encode("utf-8")
+    kw = dict(n_ctx=400, n_threads=2, n_batch=64, n_ubatch=64)
+    full = open_model(smollm2, logits_all=True, **kw)  # type: ignore[arg-type]
+    tail = open_model(smollm2, logits_all=False, **kw)  # type: ignore[arg-type]
+    try:
+        tokens = full.tokenize(body, add_bos=True)[:320]
+        want = text_logprobs(full, tokens)[-128:]
+        # a 192-token prefix without logits, then 2 batches of 64: the same batches as `want`'s, so the same sums
+        got = tail_logprobs(tail, tokens, 128)
+        other = tail_logprobs(tail, tokens[:-1], 128)  # shifted by one position: must not match
+    finally:
+        full.close()
+        tail.close()
+    assert got.shape == want.shape
+    kl, top1 = compare_logprobs(want, got)
+    assert kl < 1e-6 and top1 == 1.0, (kl, top1)
+    assert compare_logprobs(want, other)[0] > 100 * max(kl, 1e-6)
