@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from rlkv_edge.cli import app
 from rlkv_edge.heads import load_heads
 from rlkv_edge.train.ablation import ablation_kl, scores_from_kl
-from rlkv_edge.train.gates import get_gates
+from rlkv_edge.train.gates import get_gates, set_gates
 
 TEXT = "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat. " * 4
 
@@ -26,6 +26,24 @@ def test_ablation_kl_measures_each_head_alone() -> None:
     kl = ablation_kl(model, ids, sink=2, window=8)
     assert kl.shape == (2, 2) and (kl > 0).all()
     assert np.allclose(get_gates(model), 1.0)  # gates restored
+
+    # teeth (issue 28): one head at a time, not all at once. The gates ablation_kl installed (W = 8) stay on the model:
+    # entry (1, 0) recomputed by hand matches; the entries differ; every head local at once costs more than any one
+    def kl_of(mask: np.ndarray) -> float:
+        set_gates(model, 1.0)
+        with torch.no_grad():
+            ref = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            set_gates(model, mask)
+            out = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        set_gates(model, 1.0)
+        return float((ref.exp() * (ref - out)).sum(-1).clamp_min(0).mean())
+
+    one = np.ones((2, 2), dtype=np.float32)
+    one[1, 0] = 0.0
+    assert np.isclose(kl_of(one), kl[1, 0], rtol=1e-4)
+    assert len(np.unique(kl.round(8))) == kl.size
+    assert kl_of(np.zeros((2, 2), dtype=np.float32)) > kl.max()
+
     assert np.allclose(ablation_kl(model, ids, sink=2, window=200), 0.0, atol=1e-7)  # local == full
     s = scores_from_kl(kl)
     assert s.max() == 1.0 and (np.argsort(s.ravel()) == np.argsort(kl.ravel())).all()
