@@ -28,7 +28,7 @@ import numpy as np
 
 from rlkv_edge.catalog import find
 from rlkv_edge.convert import convert_gguf
-from rlkv_edge.frontier import FrontierConfig, measure
+from rlkv_edge.frontier import FrontierConfig, measure, to_json
 from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.memory import kv_memory
 from rlkv_edge.models import open_model, read_model
@@ -122,24 +122,23 @@ def main(argv: list[str] | None = None) -> int:
             configs, tokens, n_ctx=args.tokens, depth=None, n_threads=args.threads, log=log, score_last=args.score_last
         )
     f16 = points[0].kv_bytes
-    rows = []
     print("| config | KV MiB | × f16 | KL | top-1 | front |\n|---|---:|---:|---:|---:|:-:|")
     for p in points:
+        front = "●" if p.on_front else ""
         print(
-            f"| {p.config.label} | {p.kv_mib:.1f} | {p.kv_bytes / f16:.3f} | {p.mean_kl:.4f} | {p.top1:.3f} | "
-            f"{'●' if p.on_front else ''} |"
+            f"| {p.config.label} | {p.kv_mib:.1f} | {p.kv_bytes / f16:.3f} | {p.mean_kl:.4f} | {p.top1:.3f} | {front} |"
         )
-        rows.append({"label": p.config.label, "family": p.config.family, "sparsity": p.config.sparsity,
-                     "sink": p.config.sink, "window": p.config.window, "type_k": p.config.type_k,
-                     "type_v": p.config.type_v, "kv_bytes": p.kv_bytes, "x_f16": p.kv_bytes / f16,
-                     "mean_kl": p.mean_kl, "top1": p.top1, "on_front": p.on_front})  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    out = {
-        "model": src.name, "heads": str(args.heads), "n_tokens": args.tokens, "score_last": args.score_last,
-        "text": "Debian licences " + "+".join(LICENCES), "decode_kernel": "product default (prefill: ggml FA)",
-        "threads": args.threads, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "commit": commit,
-        "elapsed_s": round(time.time() - t0), "points": rows,
+    meta = {
+        "model": src.name, "heads": str(args.heads), "n_tokens": args.tokens, "n_ctx": args.tokens,
+        "score_last": args.score_last, "text": "Debian licences " + "+".join(LICENCES),
+        "decode_kernel": "product default (prefill batches: ggml flash attention)", "threads": args.threads,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "commit": commit,
+        "elapsed_s": round(time.time() - t0),
     }  # fmt: skip
+    out = to_json(points, meta)
+    for d in out["points"]:
+        d["config"]["path"] = Path(d["config"]["path"]).name  # no machine layout in results
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     log(f"wrote {args.out}")

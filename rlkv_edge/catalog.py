@@ -99,6 +99,19 @@ class WheelParts:
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """A named model's default configuration and the front measurement it was chosen from."""
+
+    sparsity: float
+    sink: int
+    window: int
+    type_k: str
+    type_v: str
+    label: str  # the point's label in the first of `fronts`
+    fronts: tuple[str, ...]  # bench/results/<name>.json measured at the same context on the same text
+
+
+@dataclass(frozen=True)
 class CatalogModel:
     """A supported model: its name, what it is, where its GGUF comes from, its default heads file."""
 
@@ -108,6 +121,15 @@ class CatalogModel:
     heads_file: str | None  # in rlkv_edge/data/
     trained_context: int
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # The defaults a name runs with (converted with sparsity / S / W; cache types when none are given): a point
+    # measured on the model's front at its usual context, not dominated there (docs/RESULTS.md; a test reads the
+    # front JSON named here and fails if it is).
+    defaults: Defaults | None = None
+
+    def settings_key(self) -> str:
+        """What the converted file depends on besides the heads file (part of its cache name)."""
+        d = self.defaults
+        return "" if d is None else f"s{d.sparsity:g}-S{d.sink}-W{d.window}"
 
     def heads_path(self) -> Path | None:
         """The shipped default heads file, if this build has one."""
@@ -129,6 +151,15 @@ CATALOG: tuple[CatalogModel, ...] = (
         heads_file="default_heads.json",
         trained_context=8192,
         aliases=("smollm2",),
+        defaults=Defaults(
+            0.75,
+            64,
+            1024,
+            "q8_0",
+            "q4_0",
+            "rlkv s=0.75 S64/W1024 + q8_0/q4_0",
+            ("frontier_8k_mixed", "frontier_8k", "frontier_8k_local_quant"),
+        ),
     ),
     CatalogModel(
         name="qwen2.5-coder-0.5b",

@@ -48,6 +48,7 @@ class ModelFile:
     path: Path
     header: GGUFHeader
     note: str | None = None  # what the user should be told about where the file came from
+    default_types: tuple[str, str] | None = None  # K/V cache types when none are given (a named model's default)
 
     @cached_property
     def shape(self) -> ModelInfo:

@@ -298,6 +298,10 @@ class RuntimeOptions:
         --calibrate) the choice is the lowest-KL calibrated point that fits, else the smallest sparsity."""
         given = LoadSettings(self.sparsity, self.sink, self.window, self.cache_type_k, self.cache_type_v)
         if self.kv_budget is None:
+            if model.default_types and self.cache_type_k is None and self.cache_type_v is None:
+                tk, tv = model.default_types  # a named model's measured default (catalog.Defaults)
+                return replace(given, type_k=tk, type_v=tv, budget_line=f"cache types K {tk} / V {tv}: this "
+                               "model's measured default (docs/RESULTS.md); -ctk/-ctv to change")  # fmt: skip
             return given
         require_compression(model, "--kv-budget")
         budget = parse_size(self.kv_budget)
@@ -415,8 +419,9 @@ def catalog_model(entry: CatalogModel, *, quiet: bool = False, fetch_missing: bo
             src,
             f"no default heads file for {entry.name} in this build: using the unconverted file, without KV compression",
         )
-    digest = hashlib.sha256(heads_file.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(heads_file.read_bytes() + entry.settings_key().encode()).hexdigest()[:12]
     dst = catalog.models_dir() / f"{src.stem}.{digest}.rlkv.gguf"
+    d = entry.defaults
     if not dst.is_file():
         from rlkv_edge.convert import convert_gguf
         from rlkv_edge.heads import load_heads
@@ -424,8 +429,20 @@ def catalog_model(entry: CatalogModel, *, quiet: bool = False, fetch_missing: bo
         if not quiet:
             note(f"converting {entry.name} once with its default heads into {dst}")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        convert_gguf(src, load_heads(heads_file), dst, progress=False, heads_path=heads_file.name)
-    return read_model(dst)
+        convert_gguf(
+            src,
+            load_heads(heads_file),
+            dst,
+            progress=False,
+            heads_path=heads_file.name,
+            sparsity=d.sparsity if d else None,
+            sink=d.sink if d else None,
+            window=d.window if d else None,
+        )
+    model = read_model(dst)
+    if d is not None:
+        model.default_types = (d.type_k, d.type_v)
+    return model
 
 
 def default_model(*, quiet: bool = False) -> ModelFile:
