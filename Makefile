@@ -23,7 +23,7 @@ SOURCES := $(shell git ls-files -co --exclude-standard native CMakeLists.txt pyp
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
 	@echo "make test      install if needed, then ruff, mypy and pytest ($(PYTEST_ARGS))"
-	@echo "make demo      the whole pipeline on the bundled SmolLM2: short train -> convert -> eval -> chat -> table"
+	@echo "make demo      the pipeline on the bundled SmolLM2: 2-step train (mechanics) -> convert -> quality -> 8k table -> chat"
 	@echo "make chat      install if needed, then chat with the bundled model (CHAT_ARGS=... for options)"
 	@echo "make install-tools   rebuild with llama.cpp's llama-server, -cli, -bench, -perplexity (on by default)"
 	@echo "make install-vulkan  the native libraries with ggml-vulkan, in $(VULKAN_BUILD)/install/rlkv_edge/lib, and a private"
@@ -94,7 +94,7 @@ test: lint
 chat: $(STAMP)
 	$(VENV)/bin/rlkv-edge chat $(CHAT_ARGS)
 
-# Short training run -> convert -> eval -> one-shot chat -> the quick showcase table (docs/RESULTS.md), in build/demo.
+# A 2-step training run (mechanics only) -> convert the shipped heads -> their quality -> the 8k table -> one chat answer, in build/demo.
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) bench/demo.py build/demo
 
