@@ -426,6 +426,33 @@ def bench_block(name: str, prefix: str) -> list[str]:
     )
 
 
+def cross_block(name: str, prefix: str) -> list[str]:
+    """bench/cross_table.py's layout: head sets x sparsity on the reasoning family (accuracy, answer length,
+    cut-off, share of answers longer than S + W)."""
+    d = load(name)
+    fam = d.get("family", "?")
+    out = [
+        f"{link(name, prefix)}: {d.get('model', '?')}, reasoning family `{fam}` ({d.get('n_reasoning', '?')} held-out "
+        f"problems, greedy), S{d['sink']}/W{d['window']}, {d.get('threads', '?')} threads.",
+        "",
+    ]
+    rows = []
+    for r in d["rows"]:
+        det = (r.get("detail") or {}).get("reasoning") or {}
+        rows.append(
+            [
+                r["heads"],
+                f"{r['sparsity']:g}",
+                f_pct(r.get("reasoning")),
+                "–" if "tokens" not in det else f"{det['tokens']:.0f}",
+                f_pct(det.get("cut_off")),
+                f_pct(det.get("longer")),
+            ]
+        )
+    header = ["heads", "s", "accuracy", "mean answer tokens", "cut off", f"answer > S + W = {d['sink'] + d['window']}"]
+    return out + table(header, ["---", "---:", "---:", "---:", "---:", "---:"], rows)
+
+
 def block_qwen(prefix: str) -> list[str]:
     names = qwen_files()
     if not names:
@@ -435,6 +462,8 @@ def block_qwen(prefix: str) -> list[str]:
         d = load(n)
         if "points" in d:
             out += frontier_block(n, prefix)
+        elif "rows" in d and "sink" in d:
+            out += cross_block(n, prefix)
         elif "results" in d:
             out += bench_block(n, prefix)
         else:
