@@ -40,6 +40,8 @@ from rlkv_edge.models import ModelFile, describe
 from rlkv_edge.runtime import rlkv_overrides
 from rlkv_edge.serve import check_server_extras, create_app, run_server
 
+CHAT_UI = Path(__file__).resolve().parents[1] / "data" / "chat_ui"  # index.html, served by llama-server --path
+
 
 def serve(
     model: ModelArg = None,
@@ -81,6 +83,15 @@ def serve(
             "unified KV cache of --ctx cells shared by the slots; --kv-budget covers all of them).",
         ),
     ] = 1,
+    ui: Annotated[
+        bool,
+        typer.Option(
+            "--ui",
+            envvar=env("UI"),
+            help="Also serve a chat page at http://HOST:PORT/ (runs llama-server, which serves the page bundled "
+            "with rlkv-edge: this llama.cpp build embeds no web UI of its own).",
+        ),
+    ] = False,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     if not 0 < port < 65536:
@@ -92,8 +103,8 @@ def serve(
         flash_attn, batch_size, ubatch_size, not no_mmap, mlock, chat_template,
     )  # fmt: skip
     path = one_model(model, model_opt)
-    if parallel > 1:
-        _exec_llama_server(opts, resolve_model(path), host, port, parallel, alias, api_key)
+    if parallel > 1 or ui:
+        _exec_llama_server(opts, resolve_model(path), host, port, parallel, alias, api_key, ui=ui)
     check_server_extras()
     llm = opts.open(resolve_model(path))
     try:
@@ -114,11 +125,14 @@ def _exec_llama_server(
     parallel: int,
     alias: str | None,
     api_key: str | None,
+    *,
+    ui: bool = False,
 ) -> None:
     """Replace this process with llama-server on the same model and settings (llama.cpp's flag names)."""
     path = _native.tool_path("llama-server")
     if path is None:
-        raise UsageError("--parallel above 1 needs llama-server, which is not built (make install-tools)")
+        need = "--ui" if ui else "--parallel above 1"
+        raise UsageError(f"{need} needs llama-server, which is not built (make install-tools)")
     if model.note:
         note(model.note)
     opts = opts.for_model(model)
@@ -128,7 +142,7 @@ def _exec_llama_server(
     for line in opts.warnings(model, use, n_seq=parallel):
         warn(line)
     args = [str(path), "-m", str(model.path), "--host", host, "--port", str(port), "-c", str(opts.ctx)]
-    args += ["-np", str(parallel), "-kvu", "--no-webui"]
+    args += ["-np", str(parallel), "-kvu", *(["--path", str(CHAT_UI)] if ui else ["--no-webui"])]
     if opts.n_gpu_layers:
         args += ["-ngl", str(opts.n_gpu_layers)]
     overrides = rlkv_overrides(use.sparsity, use.sink, use.window)  # as llama.cpp's --override-kv KEY=TYPE:VALUE
@@ -155,5 +169,7 @@ def _exec_llama_server(
     shown = ["<key>" if prev == "--api-key" else a for prev, a in zip(["", *args[:-1]], args, strict=True)]
     note(" ".join(["llama-server", *shown[1:]]))
     note(f"serving {parallel} slots with llama-server on http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
+    if ui:
+        note(f"chat page: http://{host}:{port}/ (open it in a browser)")
     sys.stderr.flush()
     os.execv(path, args)
