@@ -89,7 +89,9 @@ class Family:
             llm, tasks, max_tokens=self.max_tokens, label="", sparsity=None, system=None, reward=self.reward
         )
         longer = sum(o["tokens"] > sink + window for o in res.outputs) / len(res.outputs)
-        return {"accuracy": res.accuracy, "tokens": res.mean_output_tokens, "cut_off": res.cut_off, "longer": longer}
+        correct = [int(o["correct"]) for o in res.outputs]  # per problem: accuracy on a prefix of the problems
+        out = {"accuracy": res.accuracy, "tokens": res.mean_output_tokens, "cut_off": res.cut_off, "longer": longer}
+        return {**out, "correct": correct, "answer_tokens": [o["tokens"] for o in res.outputs]}
 
 
 def head_sets(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -297,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--sparsity", type=float, action="append", default=None, help="repeatable (default .25 .5 .75)")
     ap.add_argument("--n-reasoning", type=int, default=40, help="held-out reasoning problems")
+    ap.add_argument("--only", default=None, help="measure only these rows (comma-separated: 'full cache', a head "
+                    "set's name, 'all local')")  # fmt: skip
     ap.add_argument("--family-ctx", type=int, default=2048, help="n_ctx for the task families")
     ap.add_argument("--family", choices=("chain", "trace"), default="chain", help="the reasoning family")
     ap.add_argument("--n-recall", type=int, default=30, help="held-out key-recall problems")
@@ -340,10 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rlkv-cross-") as tmp:
         m = Measurer(args, src, Path(tmp), log)
         first = learned[0]
-        rows.append(m.row("full cache", sets[first], 0.0))
+        wanted = set(args.only.split(",")) if args.only else None
+        if wanted is None or "full cache" in wanted:
+            rows.append(m.row("full cache", sets[first], 0.0))
         for s in args.sparsity:
-            rows += [m.row(name, scores, s) for name, scores in sets.items()]
-        rows.append(m.row("all local", sets[first], 1.0))
+            rows += [m.row(name, scores, s) for name, scores in sets.items() if wanted is None or name in wanted]
+        if wanted is None or "all local" in wanted:
+            rows.append(m.row("all local", sets[first], 1.0))
     add_ranks(rows)
     saved: dict[str, Any] = {
         "model": src.name,
