@@ -167,7 +167,8 @@ def config_warnings(
     mem = kv_memory(info, s, n_ctx, type_k, type_v, n_ubatch, n_seq, sink, window)
     f_l = mem["full_heads_per_layer"]
     empty = sum(1 for f in f_l if f == 0)
-    if 2 * empty > len(f_l):
+    # more than three quarters: SmolLM2's measured, non-dominated s=0.75 (16 of 30 layers without one) stays quiet
+    if 4 * empty > 3 * len(f_l):
         out.append(
             f"sparsity {s:.4g} leaves {empty} of {len(f_l)} layers without a full head ({mem['n_full']} of "
             f"{info['n_layer'] * info['n_head_kv']} heads full): most layers see only sink + window tokens, where "
