@@ -214,7 +214,7 @@ SMOLLM2_ROWS = [
     Row("`-ctk q8_0 -ctv q4_0`", ("frontier_8k_mixed", "q8_0/q4_0 full"), ("recall_long", ["q8_0/q4_0 full"])),
     Row("`-ctk q4_0 -ctv q4_0`", ("frontier_8k", "q4_0 full"), None, ("bench_8k_q4_0", "none")),
     Row(
-        "**file default**: rlkv s=0.5 S64/W256, f16",
+        "`convert`'s default: rlkv s=0.5 S64/W256, f16",
         ("frontier_8k", "rlkv s=0.5 S64/W256"),
         None,
         ("bench_8k_f16", "s=0.5"),
@@ -570,10 +570,12 @@ def block_verdict(prefix: str) -> list[str]:
     mx, lq = link("frontier_8k_mixed", prefix), link("frontier_8k_local_quant", prefix)
     benches = ", ".join(link(n, prefix) for n in ("bench_8k_w1024_q8_0", "bench_8k_q8_0", "bench_8k_f16"))
     return [
-        f"- **If `-ctk q8_0 -ctv q8_0` fits, use it, not rlkv's default.** At 8k on SmolLM2 it needs {m(q8)} for "
-        f"KL {f_kl(q8['mean_kl'])}; the file default (rlkv s=0.5 S64/W256, f16) needs {m(default)} for KL "
+        f"- **If `-ctk q8_0 -ctv q8_0` fits, use it, not `convert`'s default.** At 8k on SmolLM2 it needs {m(q8)} "
+        f"for KL {f_kl(q8['mean_kl'])}; a file converted with the defaults (rlkv s=0.5 S64/W256, f16) needs "
+        f"{m(default)} for KL "
         f"{f_kl(default['mean_kl'])}: more memory, {default['mean_kl'] / q8['mean_kl']:.0f}× the KL ({fr}). "
-        "The README's examples therefore run q8_0 or the points below, not the default.",
+        "The README's examples therefore run q8_0 or the points below, and the bundled model by name runs "
+        "s=0.75 S64/W1024 + q8_0/q4_0 (`rlkv_edge/catalog.py`).",
         f"- **Below q8_0's memory, compose rlkv with quantization.** s=0.75 S64/W1024 + q8_0 needs "
         f"{m(r_q8)} for KL {f_kl(r_q8['mean_kl'])}, against q4_0's {m(q4)} and KL {f_kl(q4['mean_kl'])}; with q8_0 "
         f"keys / q4_0 values {m(r_mix)}, KL {f_kl(r_mix['mean_kl'])}. It decodes at {tg_rq8:.1f} t/s at depth "
@@ -601,7 +603,7 @@ def block_verdict(prefix: str) -> list[str]:
 README_ROWS = [
     ("f16, every head full", ("frontier_8k", "f16 full"), "f16 full"),
     ("`-ctk q8_0 -ctv q8_0`", ("frontier_8k", "q8_0 full"), None),
-    ("rlkv file default (s=0.5 S64/W256, f16)", ("frontier_8k", "rlkv s=0.5 S64/W256"), None),
+    ("`convert`'s default (s=0.5 S64/W256, f16)", ("frontier_8k", "rlkv s=0.5 S64/W256"), None),
     (
         "rlkv s=0.75 S64/W1024, `-ctk q8_0 -ctv q4_0`",
         ("frontier_8k_mixed", "rlkv s=0.75 S64/W1024 + q8_0/q4_0"),
