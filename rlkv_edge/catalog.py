@@ -176,6 +176,9 @@ CATALOG: tuple[CatalogModel, ...] = (
         heads_file="qwen2.5-coder-0.5b_heads.json",
         trained_context=32768,
         aliases=("qwen2.5-coder-0.5b-instruct", "qwen-coder-0.5b"),
+        # measured at 8k only: its ablation heads at s=0.75 + q8_0 lose to plain q8_0 there, so the default is
+        # every head full with q8_0 K/V (--sparsity / --kv-budget still compress)
+        defaults=Defaults(0.0, 64, 1024, "q8_0", "q8_0", "q8_0/q8_0 full", ("qwen_front_8k",)),
     ),
 )
 
