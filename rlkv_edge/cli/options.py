@@ -455,13 +455,16 @@ def resolve_model(model: str | os.PathLike[str] | None, *, quiet: bool = False) 
     heads, fetched on first use), or the default model when None."""
     if model is None:
         return default_model(quiet=quiet)
-    entry = catalog.find(str(model)) if not Path(model).expanduser().exists() else None
+    entry = catalog_name(model)
     return catalog_model(entry, quiet=quiet) if entry is not None else read_model(model)
+
+
+def catalog_name(model: str | os.PathLike[str]) -> CatalogModel | None:
+    """The catalog entry MODEL names, unless MODEL is an existing file or folder (a path always wins)."""
+    return None if Path(model).expanduser().exists() else catalog.find(str(model))
 
 
 def plain_model_path(model: str | os.PathLike[str]) -> Path:
     """A GGUF path as given, or a catalog name's plain (unconverted) GGUF, fetched on first use (convert, train)."""
-    entry = catalog.find(str(model)) if not Path(model).expanduser().exists() else None
-    if entry is None:
-        return Path(model)
-    return catalog.fetch(entry)
+    entry = catalog_name(model)
+    return Path(model) if entry is None else catalog.fetch(entry)

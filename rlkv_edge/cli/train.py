@@ -6,7 +6,6 @@ import importlib.util
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,8 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from rlkv_edge import catalog
-from rlkv_edge.cli.options import Backend, Dtype, Objective, plain_model_path
+from rlkv_edge.cli.options import Backend, Dtype, Objective, catalog_name, plain_model_path
 from rlkv_edge.errors import UsageError
 from rlkv_edge.train.config import TrainConfig
 
@@ -145,7 +143,7 @@ def train(
 ) -> None:
     """Learn per-head scores (GRPO, distillation or ablation) and write heads.json."""
     params = dict(locals())
-    if not model.endswith(".gguf") and catalog.find(model) is not None and not Path(model).exists():
+    if catalog_name(model) is not None:
         params["model"] = str(plain_model_path(model))  # a catalog name: its plain GGUF, fetched on first use
     missing = [m for m in ("torch", "transformers", "trl") if importlib.util.find_spec(m) is None]
     if missing:
