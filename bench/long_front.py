@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from rlkv_edge.atomic import atomic_path
 from rlkv_edge.catalog import find
 from rlkv_edge.convert import convert_gguf
-from rlkv_edge.frontier import FrontierConfig, measure, to_json
+from rlkv_edge.frontier import FrontierConfig, FrontierPoint, from_json, mark_front, measure, to_json
 from rlkv_edge.heads import HeadScores, load_heads
 from rlkv_edge.memory import kv_memory
 from rlkv_edge.models import open_model, read_model
@@ -54,6 +55,35 @@ def equal_memory_window(info: dict[str, Any], target: int, n_ctx: int, tk: str, 
     return best
 
 
+class PointCache:
+    """--cache DIR: ref.npy (the f16 reference log-probs over the scored positions) and points.jsonl (one
+    measured point per line), written as points are measured."""
+
+    def __init__(self, root: Path, reference_label: str) -> None:
+        self.root, self.reference_label = root, reference_label
+        root.mkdir(parents=True, exist_ok=True)
+
+    def reference(self) -> np.ndarray | None:
+        """The saved reference log-probs, if any."""
+        path = self.root / "ref.npy"
+        return np.load(path) if path.is_file() else None
+
+    def points(self) -> dict[str, FrontierPoint]:
+        """Every saved point by label (the last saved wins)."""
+        path = self.root / "points.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        pts = from_json({"points": [json.loads(line) for line in lines if line.strip()]})
+        return {p.config.label: p for p in pts}
+
+    def add(self, point: FrontierPoint, reference: np.ndarray | None) -> None:
+        """Save one point (and the reference log-probs when this point made them)."""
+        if reference is not None:
+            with atomic_path(self.root / "ref.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, reference)
+        with open(self.root / "points.jsonl", "a") as f:
+            f.write(json.dumps(to_json([point], {})["points"][0]) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure, print and save the front at one context length."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rlkv-types", default=",".join(RLKV_TYPES), help="pairs rlkv and all-local are composed with")
     ap.add_argument("--n-random", type=int, default=3, help="random masks (at the first s, W and rlkv type)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", action="append", default=None, metavar="TEXT",
+                    help="measure only the configurations whose label contains TEXT (repeatable; the others come "
+                    "from --cache or are left out)")  # fmt: skip
+    ap.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                    help="keep the f16 reference log-probs and each measured point here, so a run resumes and "
+                    "several processes (one per core) can share the work")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     sparsities = args.sparsity or [0.5, 0.75]
@@ -117,10 +153,21 @@ def main(argv: list[str] | None = None) -> int:
             convert_gguf(src, HeadScores(scores, args.sink, windows[0], f"random {seed}", heads.model, {}), dst)
             label = f"random-{seed} s={sparsities[0]:g} S{args.sink}/W{windows[0]} {tk}/{tv}"
             configs.append(FrontierConfig(label, "random", dst, sparsities[0], args.sink, windows[0], tk, tv))
-        log(f"{len(configs)} configurations, {len(tokens)} tokens, KL over the last {args.score_last}")
-        points = measure(
-            configs, tokens, n_ctx=args.tokens, depth=None, n_threads=args.threads, log=log, score_last=args.score_last
-        )
+        cache = PointCache(args.cache, configs[0].label) if args.cache else None
+        done = cache.points() if cache else {}
+        todo = [c for c in configs if c.label not in done and (not args.only or any(t in c.label for t in args.only))]
+        log(f"{len(todo)} of {len(configs)} configurations to measure, {len(tokens)} tokens, KL over the last "
+            f"{args.score_last}")  # fmt: skip
+        reference = cache.reference() if cache else None
+        if reference is None and todo and todo[0] is not configs[0]:
+            todo.insert(0, configs[0])  # the f16 reference comes first
+        measure(
+            todo, tokens, n_ctx=args.tokens, depth=None, n_threads=args.threads, log=log,
+            score_last=args.score_last, reference=reference, on_point=cache.add if cache else None,
+        )  # fmt: skip
+        done = cache.points() if cache else {}
+        points = [done[c.label] for c in configs if c.label in done]
+        mark_front(points)
     f16 = points[0].kv_bytes
     print("| config | KV MiB | × f16 | KL | top-1 | front |\n|---|---:|---:|---:|---:|:-:|")
     for p in points:

@@ -75,11 +75,15 @@ def measure(
     task_options: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     score_last: int | None = None,
+    reference: np.ndarray | None = None,
+    on_point: Callable[[FrontierPoint, np.ndarray | None], None] | None = None,
 ) -> list[FrontierPoint]:
-    """Measure every configuration in this process; the first one is the reference (f16 full cache). With
-    tasks, also the share answered correctly (`run_tasks` with task_options: max_tokens, system, reward).
-    score_last: KL over the last positions of the text only (long texts and large vocabularies)."""
-    base_lp: np.ndarray | None = None
+    """Measure every configuration in this process; the first one is the reference (f16 full cache) unless
+    `reference` (its log-probabilities, saved from an earlier run) is given. With tasks, also the share answered
+    correctly (`run_tasks` with task_options: max_tokens, system, reward). score_last: KL over the last
+    positions of the text only (long texts and large vocabularies). on_point(point, reference log-probs when
+    this point made them, else None) is called as each point is measured (to save work as it goes)."""
+    base_lp: np.ndarray | None = reference
     points: list[FrontierPoint] = []
     threads = n_threads or min(os.cpu_count() or 1, 8)
     from rlkv_edge import runtime
@@ -106,6 +110,7 @@ def measure(
         try:
             full, local = runtime.kv_bytes(llm)
             lp = text_logprobs(llm, tokens) if score_last is None else tail_logprobs(llm, tokens, score_last)
+            made_reference = base_lp is None
             base_lp = lp if base_lp is None else base_lp
             kl, top1 = compare_logprobs(base_lp, lp)
             del lp
@@ -128,6 +133,10 @@ def measure(
             speed = f", pp512 {point.pp:.1f} t/s, tg128 {point.tg:.1f} t/s" if point.tg else ""
             acc = f", accuracy {point.accuracy:.1%}" if point.accuracy is not None else ""
             log(f"{cfg.label}: KV {point.kv_mib:.2f} MiB, KL {kl:.5f}, top-1 {top1:.4f}{acc}{speed}")
+        if on_point:
+            on_point(point, base_lp if made_reference else None)
+    if not points:
+        return points
     base = points[0]
     for p in points:
         p.pp_ratio = p.pp / base.pp if p.pp and base.pp else None

@@ -104,3 +104,23 @@ def test_frontier_task_accuracy(tiny32: Path, tmp_path: Path) -> None:
     assert points[0]["config"]["label"] == "f16 full" and points[0]["accuracy"] == 1.0
     assert all(0.0 <= p["accuracy"] <= 1.0 for p in points)
     assert "tasks.jsonl (4)" in r.stdout
+
+
+def test_measure_resumes_from_a_saved_reference(tiny32: Path) -> None:
+    """A point measured against saved reference log-probs (another process, a resumed run) gets the KL it gets
+    beside the reference; on_point hands out the reference exactly once, with the point that made it."""
+    from rlkv_edge.frontier import measure
+
+    tokens = list(range(3, 120))
+    f16 = FrontierConfig("f16 full", "full", tiny32, 0.0)
+    q8 = FrontierConfig("q8_0 full", "kv-quant", tiny32, 0.0, type_k="q8_0", type_v="q8_0")
+    seen: list[tuple[str, np.ndarray | None]] = []
+    together = measure([f16, q8], tokens, n_ctx=128, depth=None, n_threads=1, score_last=64,
+                       on_point=lambda p, ref: seen.append((p.config.label, ref)))  # fmt: skip
+    assert [label for label, _ in seen] == ["f16 full", "q8_0 full"]
+    ref = seen[0][1]
+    assert ref is not None and ref.shape[0] == 64 and seen[1][1] is None
+    alone = measure([q8], tokens, n_ctx=128, depth=None, n_threads=1, score_last=64, reference=ref)
+    assert together[1].mean_kl > 0
+    assert alone[0].mean_kl == pytest.approx(together[1].mean_kl, rel=1e-6)
+    assert alone[0].kv_bytes == together[1].kv_bytes
