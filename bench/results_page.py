@@ -453,6 +453,31 @@ def cross_block(name: str, prefix: str) -> list[str]:
     return out + table(header, ["---", "---:", "---:", "---:", "---:", "---:"], rows)
 
 
+def depth_block(name: str, prefix: str) -> list[str]:
+    """bench/depth_speed.py's layout: tg128 at each depth, every row on one kernel, the head split's factor
+    beside the traffic model's prediction and the kernel's factor."""
+    d = load(name)
+    out = [
+        f"{link(name, prefix)}: {d.get('model', '?')}, heads {d.get('heads', '?')} (S{d['sink']}/W{d['window']}), "
+        f"f16 caches, {d.get('threads', '?')} threads, depth by marking cells. Split = rlkv ÷ stock on the same "
+        "kernel (traffic model's prediction in brackets); kernel = grouped ÷ ggml for the same row.",
+        "",
+    ]
+    rows = [
+        [
+            str(r["depth"]),
+            r["row"],
+            f"{r['kv_mib']:.1f}",
+            f"{r['tg']:.1f}",
+            f"{r['split_tg']:.2f}× ({r['split_predicted']:.2f}×)" if r.get("split_predicted") else "–",
+            f"{r['kernel_tg']:.2f}×",
+        ]
+        for r in d["rows"]
+    ]
+    header = ["depth", "row [kernel]", "KV MiB", "tg128 t/s", "split (predicted)", "kernel"]
+    return out + table(header, ["---:", "---", "---:", "---:", "---:", "---:"], rows)
+
+
 def block_qwen(prefix: str) -> list[str]:
     names = qwen_files()
     if not names:
@@ -462,6 +487,8 @@ def block_qwen(prefix: str) -> list[str]:
         d = load(n)
         if "points" in d:
             out += frontier_block(n, prefix)
+        elif "rows" in d and "depths" in d:
+            out += depth_block(n, prefix)
         elif "rows" in d and "sink" in d:
             out += cross_block(n, prefix)
         elif "results" in d:
