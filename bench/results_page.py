@@ -616,12 +616,57 @@ def block_verdict(prefix: str) -> list[str]:
         f"the same types {f_pct(rec['all-local S64/W2048 + q8_0/q4_0'])}, random heads "
         f"{' / '.join(f_pct(a) for a in rnd)}, the full f16 cache {f_pct(rec['f16 full'])} (10 problems: one "
         f"problem is 10 points; {link('recall_long', prefix)}).",
-        f"- **Decode at 32k depth is not measured on a real 32k model yet** (Qwen pending). On the r1-8b shape "
+        f'- **The "7×" of the random-weight r1-8b shape at 32k is mostly the kernel.** There '
         f"rlkv s=0.5 decodes {r18['tg_ratio']['32768']:.2f}× stock f16 ({sg}), but that compares the grouped "
         f"kernel, which only rlkv files get, with ggml's: on the same kernel the head split gives "
         f"{gq['grouped_over_near_f16']:.2f}× (predicted {gq['predicted_over_near_f16']:.2f}×; "
         f"{link('gqa_decode', prefix)}), on ggml's {r18_ggml['tg_ratio']['32768']:.2f}× ({link('scale', prefix)}).",
+        *qwen_verdict(prefix),
     ]
+
+
+def qwen_verdict(prefix: str) -> list[str]:
+    """The Qwen2.5-Coder-0.5B bullets, each from its JSON when it exists: decode at 32k depth on one kernel, the
+    32k front, the reasoning family at s=0.5."""
+    out: list[str] = []
+    if (RESULTS / "qwen_depth_speed.json").is_file():
+        d = load("qwen_depth_speed")
+        dep = max(d["depths"])
+        at = {r["row"]: r for r in d["rows"] if r["depth"] == dep}
+        st, st_ggml = at["stock f16 [grouped]"], at["stock f16 [ggml]"]
+        r75, r50 = at["rlkv s=0.75 f16 [grouped]"], at["rlkv s=0.5 f16 [grouped]"]
+        out.append(
+            f"- **Qwen2.5-Coder-0.5B, decode at depth {dep}: the head split alone gives {f_ratio(r75['split_tg'])}× "
+            f"at s=0.75 and {f_ratio(r50['split_tg'])}× at s=0.5** (traffic model: {f_ratio(r75['split_predicted'])}× "
+            f"and {f_ratio(r50['split_predicted'])}×), both rows on the grouped kernel: stock f16 {st['tg']:.1f} t/s, "
+            f"rlkv s=0.75 {r75['tg']:.1f} t/s. The kernel is the larger factor: on the unconverted file it decodes "
+            f"{f_ratio(st['kernel_tg'])}× ggml's flash attention ({st_ggml['tg']:.1f} t/s), but only f16 caches take "
+            f"it (`RLKV_DECODE_ATTN=force` for an unconverted file); q8_0 caches decode on ggml's "
+            f"({link('qwen_depth_speed', prefix)})."
+        )
+    if (RESULTS / "qwen_cross_s05.json").is_file():
+        d = load("qwen_cross_s05")
+        acc = {(r["heads"], r["sparsity"]): r["reasoning"] for r in d["rows"]}
+        rnd = [a for (h, s), a in acc.items() if h.startswith("random-") and s == 0.5]
+        sim = d["similarity"][0] if d.get("similarity") else None
+        same = (
+            f" The two ablation head sets' full heads at s=0.5 overlap with Jaccard {sim['jaccard']:.2f}, their "
+            f"scores rank-correlate at Spearman ρ {sim['spearman']:+.2f}; no GRPO or distillation heads exist for "
+            "this model yet, so the paper's question (do RL heads differ?) is open here."
+            if sim
+            else ""
+        )
+        out.append(
+            f"- **Qwen2.5-Coder-0.5B: with half its heads local, no head set tried keeps its chains of thought.** "
+            f"Program tracing "
+            f"({d['n_reasoning']} held-out problems, greedy, S{d['sink']}/W{d['window']}, answers longer than the "
+            f"window): full cache {f_pct(acc[('full cache', 0.0)])}; at s=0.5 the shipped ablation heads "
+            f"{f_pct(acc[('ablation', 0.5)])}, heads ablated on the model's own chains of thought "
+            f"{f_pct(acc.get(('trace-ablation', 0.5)))}, 3 random masks {' / '.join(f_pct(a) for a in rnd)}, the "
+            f"per-layer-uniform mask {f_pct(acc.get(('uniform', 0.5)))}; all-local {f_pct(acc[('all local', 1.0)])} "
+            f"({link('qwen_cross_s05', prefix)}).{same}"
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- README
