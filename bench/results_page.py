@@ -625,6 +625,31 @@ def block_verdict(prefix: str) -> list[str]:
     ]
 
 
+def qwen_front_bullet(prefix: str) -> str:
+    """The 32k front in one sentence: q8_0 against the rlkv points and all-local at their memory."""
+    d = load("qwen_front_32k")
+    pts = {p["config"]["label"]: p for p in d["points"]}
+    f16 = pts["f16/f16 full"]["kv_bytes"]
+
+    def m(p: dict[str, Any]) -> str:
+        return f"{f_mib(p['kv_bytes'])} MiB ({f_ratio(p['kv_bytes'] / f16)}× f16), KL {f_kl(p['mean_kl'])}"
+
+    parts = []
+    for label, p in pts.items():
+        if p["config"]["family"] != "rlkv+quant":
+            continue
+        s, w = p["config"]["sparsity"], p["config"]["window"]
+        loc = next((q for k, q in pts.items() if k.endswith(f"(= memory of s={s:g} W{w})")), None)
+        vs = f"; all-local at that memory with the same types {m(loc)}" if loc else ""
+        parts.append(f"{label} {m(p)}{vs}")
+    q8 = pts.get("q8_0/q8_0 full")
+    q8_text = f"`-ctk q8_0 -ctv q8_0` {m(q8)}" if q8 else "q8_0 K/V not measured at this context"
+    return (
+        f"- **Qwen2.5-Coder-0.5B at {d['n_tokens']} tokens of held-out text** (KL over the last {d['score_last']} "
+        f"positions against the f16 cache): {q8_text}; " + "; ".join(parts) + f" ({link('qwen_front_32k', prefix)})."
+    )
+
+
 def qwen_verdict(prefix: str) -> list[str]:
     """The Qwen2.5-Coder-0.5B bullets, each from its JSON when it exists: decode at 32k depth on one kernel, the
     32k front, the reasoning family at s=0.5."""
@@ -644,6 +669,8 @@ def qwen_verdict(prefix: str) -> list[str]:
             f"it (`RLKV_DECODE_ATTN=force` for an unconverted file); q8_0 caches decode on ggml's "
             f"({link('qwen_depth_speed', prefix)})."
         )
+    if (RESULTS / "qwen_front_32k.json").is_file():
+        out.append(qwen_front_bullet(prefix))
     if (RESULTS / "qwen_cross_s05.json").is_file():
         d = load("qwen_cross_s05")
         acc = {(r["heads"], r["sparsity"]): r["reasoning"] for r in d["rows"]}
