@@ -22,7 +22,7 @@ LAYOUT := $(VENV)/.rlkv-python-files
 $(shell mkdir -p $(VENV) && git ls-files -co --exclude-standard rlkv_edge train convert 2>/dev/null | grep '\.py$$' | sort > $(LAYOUT).new && (cmp -s $(LAYOUT).new $(LAYOUT) || mv $(LAYOUT).new $(LAYOUT)); rm -f $(LAYOUT).new)
 SOURCES := $(shell git ls-files -co --exclude-standard native CMakeLists.txt pyproject.toml 2>/dev/null) $(LAYOUT)
 
-.PHONY: help install _install install-tools install-vulkan test-vulkan test lint chat demo clean distclean
+.PHONY: help install _install install-tools install-vulkan test-vulkan install-portable test-portable test lint chat demo clean distclean
 
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
@@ -34,6 +34,8 @@ help:
 	@echo "                     Vulkan SDK + lavapipe CPU driver in $(VULKAN_SDK_DIR) (source its env.sh to run them)"
 	@echo "make test-vulkan     install-vulkan, then the offload tests (tests/native/test_native_offload.py, slow ones"
 	@echo "                     included) on lavapipe, about 7 min on 2 cores (CI runs the non-slow ones after make test)"
+	@echo "make install-portable  a library that travels (ggml-cpu per CPU generation, chosen at run time), in $(PORTABLE_BUILD)"
+	@echo "make test-portable     install-portable, then native tests under qemu-x86_64 -cpu Nehalem (no AVX) and forced haswell"
 	@echo "make clean     remove build outputs and $(VENV) (the llama.cpp source cache is kept)"
 
 $(VENV)/bin/python:
@@ -90,6 +92,27 @@ test-vulkan: install-vulkan $(STAMP)
 	source $(VULKAN_SDK_DIR)/env.sh && RLKV_LIB_DIR="$(abspath $(VULKAN_BUILD))/install/rlkv_edge/lib" \
 	RLKV_OFFLOAD_REPORT=$(VULKAN_BUILD)/offload-report.json OMP_NUM_THREADS=2 \
 	$(VENV)/bin/pytest -m offload -p no:cacheprovider tests/native/test_native_offload.py $(PYTEST_VULKAN_ARGS)
+
+# A library that travels (no -march=native; ggml-cpu once per CPU generation, the best loaded at run time), in
+# its own build dir: `make install-portable`, then RLKV_LIB_DIR=$(PORTABLE_BUILD)/install/rlkv_edge/lib selects
+# it. For a wheel: pip wheel . -C cmake.define.RLKV_PORTABLE=ON.
+PORTABLE_BUILD ?= build/portable
+install-portable: $(VENV)/bin/python
+	export PATH="$(abspath $(VENV))/bin:$$PATH" && \
+	cmake -S . -B $(PORTABLE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DRLKV_PORTABLE=ON $(CMAKE_ARGS) && \
+	cmake --build $(PORTABLE_BUILD) && \
+	cmake --install $(PORTABLE_BUILD) --component rlkv_edge --prefix $(PORTABLE_BUILD)/install
+	@echo "Portable build: $(PORTABLE_BUILD)/install/rlkv_edge/lib"
+
+# The native tests on the portable build, on a CPU without AVX (qemu-x86_64 -cpu Nehalem: SSE4.2, so ggml loads
+# its sse42 variant and our grouped kernel stays off) and with ggml's haswell variant forced on this CPU.
+PORTABLE_TESTS ?= tests/native/test_native_portable.py tests/native/test_foundation.py tests/native/test_native_reference.py tests/native/test_native_memory_ops.py tests/native/test_native_grouped_decode.py
+test-portable: install-portable $(STAMP)
+	command -v qemu-x86_64 >/dev/null || { echo "test-portable needs qemu-x86_64 (Debian: apt-get install qemu-user)"; exit 2; }
+	RLKV_LIB_DIR="$(abspath $(PORTABLE_BUILD))/install/rlkv_edge/lib" OMP_NUM_THREADS=2 \
+	qemu-x86_64 -cpu Nehalem $(VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider $(PORTABLE_TESTS)
+	RLKV_LIB_DIR="$(abspath $(PORTABLE_BUILD))/install/rlkv_edge/lib" RLKV_CPU_VARIANT=haswell OMP_NUM_THREADS=2 \
+	$(VENV)/bin/pytest -m "not slow" -p no:cacheprovider $(PORTABLE_TESTS)
 
 lint: $(TOOLS_STAMP)
 	$(VENV)/bin/ruff check rlkv_edge train convert tests bench

@@ -65,10 +65,58 @@ def ensure_llama_cpp_lib_path() -> None:
             )
         return
     os.environ["LLAMA_CPP_LIB_PATH"] = str(LIB_DIR)
+    _load_backends()
+
+
+CPU_VARIANT_ENV = "RLKV_CPU_VARIANT"
+_backends: dict[str, Any] = {}  # what _load_backends did: {"cpu_variant": name} or {"error": NativeLibraryError}
+
+
+def cpu_variants(lib_dir: Path = LIB_DIR) -> list[str]:
+    """The CPU variants of a portable build (libggml-cpu-<name>.so beside libllama); empty for a native build."""
+    prefix, suffix = "libggml-cpu-", ".so"
+    return sorted(p.name[len(prefix) : -len(suffix)] for p in lib_dir.glob(f"{prefix}*{suffix}"))
+
+
+def _load_backends() -> None:
+    """In a portable build (ggml's backends are modules, GGML_BACKEND_DL), load them from LIB_DIR.
+
+    llama.cpp's programs call ggml_backend_load_all() themselves; llama-cpp-python does not. ggml scores
+    every libggml-cpu-<variant>.so for this CPU and keeps the best; $RLKV_CPU_VARIANT loads that variant
+    alone instead (the CPU must support it), e.g. to test the build on a lesser CPU's code.
+    A failure is kept and raised by llama_lib(), since this runs while `rlkv_edge` is imported.
+    """
+    variants = cpu_variants()
+    if _backends or not variants:
+        return
+    ggml = ctypes.CDLL(str(LIB_DIR / "libggml.so"))  # libllama, loaded later, binds to this copy (same soname)
+    forced = os.environ.get(CPU_VARIANT_ENV)
+    if not forced:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(str(LIB_DIR).encode())
+        _backends["cpu_variant"] = f"best of {len(variants)}"
+        return
+    if forced not in variants:
+        _backends["error"] = NativeLibraryError(
+            f"{CPU_VARIANT_ENV}={forced}: no such CPU variant in {LIB_DIR} (there are: {', '.join(variants)})"
+        )
+        return
+    ggml.ggml_backend_load.restype, ggml.ggml_backend_load.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+    if not ggml.ggml_backend_load(str(LIB_DIR / f"libggml-cpu-{forced}.so").encode()):
+        _backends["error"] = NativeLibraryError(f"{CPU_VARIANT_ENV}={forced}: this CPU cannot run that variant")
+        return
+    _backends["cpu_variant"] = forced
+
+
+def cpu_variant() -> str | None:
+    """Which CPU variant a portable build loaded ('haswell', 'best of 8'); None for a native build."""
+    return _backends.get("cpu_variant")
 
 
 def llama_lib() -> ctypes.CDLL:
     """The libllama that llama_cpp loaded (ours), with the llama_rlkv_* functions."""
+    if "error" in _backends:
+        raise _backends["error"]
     import llama_cpp.llama_cpp as bindings
 
     lib: ctypes.CDLL = bindings._lib

@@ -56,6 +56,12 @@ def doctor(
         table.add_row("native build", version)
         table.add_row("llama.cpp commit", _native.build_info().get("llama_cpp_commit", "unknown"))
         table.add_row("backends", ", ".join(_native.backend_names()) or "none")
+        if _native.cpu_variants():
+            table.add_row(
+                "portable build",
+                f"CPU variant {_native.cpu_variant()} (of {', '.join(_native.cpu_variants())}; "
+                f"${_native.CPU_VARIANT_ENV} picks one)",
+            )
         for dev in _native.devices():
             memory = f", {dev.free / 2**30:.1f}/{dev.total / 2**30:.1f} GiB free" if dev.total else ""
             table.add_row(f"device {dev.name}", f"{dev.description} ({dev.type}{memory})")

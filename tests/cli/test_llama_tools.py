@@ -230,10 +230,11 @@ def test_cache_reuse_and_context_shift(smol_s16_w64: Path, tmp_path: Path, spars
     assert "failed to remove" not in text and "GGML_ASSERT" not in text
 
 
-def _raw(base: str, prompt: str, cache: bool, n: int = 24, n_probs: int = 0) -> dict:
+def _raw(base: str, prompt: str, cache: bool, n: int = 24, n_probs: int = 0, slot: int = -1) -> dict:
     """POST /completion (llama-server's own endpoint): the greedy answer to a raw prompt, with or without the
-    slot's cached prompt."""
+    slot's cached prompt (on the given slot, or any)."""
     body = {"prompt": prompt, "n_predict": n, "temperature": 0, "cache_prompt": cache, "n_probs": n_probs}
+    body["id_slot"] = slot
     req = urllib.request.Request(
         base.removesuffix("/v1") + "/completion",
         data=json.dumps(body).encode(),
@@ -271,6 +272,7 @@ TURNS = [
 # an answer with a long <think> part (written into the prompt, as if generated); the next turn's prompt drops it,
 # as DeepSeek-R1's template renders earlier answers
 LONG_SYSTEM = "You are a helpful assistant. Notes: " + " ".join(f"item {k} costs {3 * k + 1} coins." for k in range(25))
+OTHER_SYSTEM = "Answer like a pirate. Cargo: " + " ".join(f"crate {k} holds {5 * k + 2} apples." for k in range(25))
 THINKING = "<think>" + " ".join(f"Step {k}: the number is still 17." for k in range(60)) + "</think>"
 
 
@@ -340,6 +342,36 @@ def test_multi_turn_cached_prompts_give_exactly_the_fresh_texts(
         answer = both(start + THINKING)
         both(start + answer + "<|im_end|>\n" + _turn("user", "Repeat it.") + "<|im_start|>assistant\n")
     assert "failed to remove" not in (tmp_path / "server.log").read_text()
+
+
+def test_a_roll_back_the_ring_refuses_leaves_other_slots_alone(smol_s16_w64: Path, tmp_path: Path) -> None:
+    """Two slots over one unified cache (s = 0.5, S16/W64, a 256-cell ring). Slot 0's next prompt leaves its cached
+    tokens far back, where the ring has evicted keys: removing the tail there would be refused at the call
+    (tests/native/test_native_memory_ops.py), and llama-server, told by seq_pos_min, re-processes the prompt
+    instead; the answer is a fresh request's, bit for bit. Slot 1's conversation is untouched: llama-server saved
+    it to its prompt cache when slot 0 started (upstream's unified mode), restores it (our state format) and
+    processes only the new turn's tokens. Nothing is purged, n_batch is not halved, and no slot is told the
+    context is exceeded (what a refused batch returning 1, 'no memory slot', did before)."""
+    extra = ["-c", "4096", "-np", "2", "--kv-unified", *EXACT, "--override-kv", "rlkv.sparsity=float:0.5"]
+    log = tmp_path / "server.log"
+    with _llama_server(smol_s16_w64, log, *extra) as url:
+        other = _turn("system", OTHER_SYSTEM) + _turn("user", TURNS[0]) + "<|im_start|>assistant\n"
+        other += _raw(url, other, cache=True, slot=1)["content"] + "<|im_end|>\n"
+        start = _turn("system", LONG_SYSTEM) + _turn("user", "What is my favourite number?") + "<|im_start|>assistant\n"
+        answer = _raw(url, start + THINKING, cache=True, slot=0)["content"]
+        dropped = start + answer + "<|im_end|>\n" + _turn("user", "Repeat it.") + "<|im_start|>assistant\n"
+        cached, fresh = _raw(url, dropped, True, n_probs=3, slot=0), _raw(url, dropped, False, n_probs=3, slot=0)
+        assert (cached["content"], cached["completion_probabilities"]) == (
+            fresh["content"],
+            fresh["completion_probabilities"],
+        )
+        follow = other + _turn("user", TURNS[1]) + "<|im_start|>assistant\n"
+        turn = _raw(url, follow, cache=True)  # llama-server finds slot 1's prompt (saved when slot 0 started)
+        assert turn["content"] and turn["timings"]["prompt_n"] < 40, turn["timings"]  # only the new turn's tokens
+    text = log.read_text()
+    assert "forcing full prompt re-processing" in text  # slot 0 went back past evicted keys
+    for sign in ("failed to remove", "Context size has been exceeded", "purging slot", "retrying with smaller batch"):
+        assert sign not in text, sign
 
 
 def _slot_action(base: str, action: str, filename: str) -> tuple[int, str]:
