@@ -22,7 +22,7 @@ LAYOUT := $(VENV)/.rlkv-python-files
 $(shell mkdir -p $(VENV) && git ls-files -co --exclude-standard rlkv_edge train convert 2>/dev/null | grep '\.py$$' | sort > $(LAYOUT).new && (cmp -s $(LAYOUT).new $(LAYOUT) || mv $(LAYOUT).new $(LAYOUT)); rm -f $(LAYOUT).new)
 SOURCES := $(shell git ls-files -co --exclude-standard native CMakeLists.txt pyproject.toml 2>/dev/null) $(LAYOUT)
 
-.PHONY: help install _install install-tools install-vulkan test-vulkan install-portable test-portable test lint chat demo clean distclean
+.PHONY: help install _install install-tools install-vulkan test-vulkan install-portable test-portable install-aarch64 test-aarch64 test lint chat demo clean distclean
 
 help:
 	@echo "make install   create $(VENV) and build + install rlkv-edge with the train and dev extras"
@@ -36,6 +36,7 @@ help:
 	@echo "                     included) on lavapipe, about 7 min on 2 cores (CI runs the non-slow ones after make test)"
 	@echo "make install-portable  a library that travels (ggml-cpu per CPU generation, chosen at run time), in $(PORTABLE_BUILD)"
 	@echo "make test-portable     install-portable, then native tests under qemu-x86_64 -cpu Nehalem (no AVX) and forced haswell"
+	@echo "make test-aarch64      cross-build for aarch64 in $(AARCH64_BUILD), then native tests under qemu-aarch64"
 	@echo "make clean     remove build outputs and $(VENV) (the llama.cpp source cache is kept)"
 
 $(VENV)/bin/python:
@@ -113,6 +114,24 @@ test-portable: install-portable $(STAMP)
 	qemu-x86_64 -cpu Nehalem $(VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider $(PORTABLE_TESTS)
 	RLKV_LIB_DIR="$(abspath $(PORTABLE_BUILD))/install/rlkv_edge/lib" RLKV_CPU_VARIANT=haswell OMP_NUM_THREADS=2 \
 	$(VENV)/bin/pytest -m "not slow" -p no:cacheprovider $(PORTABLE_TESTS)
+
+# The library cross-built for aarch64 (Debian's g++-aarch64-linux-gnu), and the native tests run on it under
+# qemu-aarch64 with an aarch64 Python (native/arm64-python.sh). On aarch64 our grouped decode kernel is off
+# (x86-64 only) and ggml's flash attention decodes. Needs: apt-get install g++-aarch64-linux-gnu qemu-user debootstrap
+AARCH64_BUILD ?= build/aarch64
+AARCH64_TESTS ?= tests/native/test_foundation.py tests/native/test_native_reference.py tests/native/test_native_memory_ops.py tests/native/test_native_mask_rule.py
+install-aarch64: $(VENV)/bin/python
+	export PATH="$(abspath $(VENV))/bin:$$PATH" && \
+	cmake -S . -B $(AARCH64_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_SYSTEM_NAME=Linux \
+	    -DCMAKE_SYSTEM_PROCESSOR=aarch64 -DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc \
+	    -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DRLKV_BUILD_TOOLS=OFF $(CMAKE_ARGS) && \
+	cmake --build $(AARCH64_BUILD) && \
+	cmake --install $(AARCH64_BUILD) --component rlkv_edge --prefix $(AARCH64_BUILD)/install
+test-aarch64: install-aarch64 $(STAMP)
+	native/arm64-python.sh build/arm64-python
+	RLKV_LIB_DIR="$(abspath $(AARCH64_BUILD))/install/rlkv_edge/lib" OMP_NUM_THREADS=2 \
+	RLKV_ARM64_PYTHONPATH="$(abspath tests):$(CURDIR):$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	build/arm64-python/python -m pytest -m "not slow" -p no:cacheprovider $(AARCH64_TESTS)
 
 lint: $(TOOLS_STAMP)
 	$(VENV)/bin/ruff check rlkv_edge train convert tests bench
