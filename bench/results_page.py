@@ -640,13 +640,38 @@ def qwen_front_bullet(prefix: str) -> str:
             continue
         s, w = p["config"]["sparsity"], p["config"]["window"]
         loc = next((q for k, q in pts.items() if k.endswith(f"(= memory of s={s:g} W{w})")), None)
-        vs = f"; all-local at that memory with the same types {m(loc)}" if loc else ""
-        parts.append(f"{label} {m(p)}{vs}")
+        vs = (
+            f"; all-local at that memory with the same types {m(loc)} ({loc['mean_kl'] / p['mean_kl']:.1f}× the KL)"
+            if loc
+            else ""
+        )
+        rnd = [q for q in pts.values() if q["config"]["family"] == "random" and q["config"]["sparsity"] == s]
+        rn = (
+            f"; {len(rnd)} random head set(s) at s={s:g}: KL {' / '.join(f_kl(q['mean_kl']) for q in rnd)}"
+            if rnd
+            else ""
+        )
+        parts.append(f"{label} {m(p)}{vs}{rn}")
     q8 = pts.get("q8_0/q8_0 full")
     q8_text = f"`-ctk q8_0 -ctv q8_0` {m(q8)}" if q8 else "q8_0 K/V not measured at this context"
     return (
         f"- **Qwen2.5-Coder-0.5B at {d['n_tokens']} tokens of held-out text** (KL over the last {d['score_last']} "
-        f"positions against the f16 cache): {q8_text}; " + "; ".join(parts) + f" ({link('qwen_front_32k', prefix)})."
+        f"positions against the f16 cache): {q8_text}; " + "; ".join(parts) + f"{_below_q8(pts)} "
+        f"({link('qwen_front_32k', prefix)})."
+    )
+
+
+def _below_q8(pts: dict[str, dict[str, Any]]) -> str:
+    """What the rlkv points under q8_0's memory cost in KL against q8_0 (empty without both)."""
+    q8 = pts.get("q8_0/q8_0 full")
+    below = [p for p in pts.values() if p["config"]["family"] == "rlkv+quant" and q8 and p["kv_bytes"] < q8["kv_bytes"]]
+    if not q8 or not below:
+        return ""
+    best = min(below, key=lambda p: p["mean_kl"])
+    return (
+        f". rlkv saves {f_ratio(q8['kv_bytes'] / best['kv_bytes'])}× q8_0's memory "
+        f"at {best['mean_kl'] / q8['mean_kl']:.1f}× "
+        "its KL: where the output must stay as close to f16 as q8_0 keeps it, plain q8_0 is the choice at this context"
     )
 
 
