@@ -116,10 +116,10 @@ test-portable: install-portable $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" -p no:cacheprovider $(PORTABLE_TESTS)
 
 # The library cross-built for aarch64 (Debian's g++-aarch64-linux-gnu), and the native tests run on it under
-# qemu-aarch64 with an aarch64 Python (native/arm64-python.sh). On aarch64 our grouped decode kernel is off
-# (x86-64 only) and ggml's flash attention decodes. Needs: apt-get install g++-aarch64-linux-gnu qemu-user debootstrap
+# qemu-aarch64 with an aarch64 Python (native/arm64-python.sh), our grouped decode kernel's NEON path included.
+# Needs: apt-get install g++-aarch64-linux-gnu qemu-user debootstrap
 AARCH64_BUILD ?= build/aarch64
-AARCH64_TESTS ?= tests/native/test_foundation.py tests/native/test_native_reference.py tests/native/test_native_memory_ops.py tests/native/test_native_mask_rule.py
+AARCH64_TESTS ?= tests/native/test_foundation.py tests/native/test_native_reference.py tests/native/test_native_memory_ops.py tests/native/test_native_mask_rule.py tests/native/test_native_grouped_decode.py
 # tests that start a second Python or the rlkv-edge script: qemu-user cannot exec an aarch64 program by itself
 # (that needs binfmt_misc, which this machine does not have)
 AARCH64_DESELECT ?= not importing_llama_cpp_first and not doctor_names_our_library and not imports_without_torch

@@ -279,8 +279,8 @@ def fill_seq(llm: Any, n_tokens: int, seq_id: int = 0) -> None:
 
 def grouped_decode() -> bool:
     """Whether decoded tokens read each K/V row of a CPU cache once per GQA group (native/rlkv/rlkv-decode.h);
-    False without AVX2/FMA or with RLKV_DECODE_ATTN=0 in the environment. The upstream cache (no rlkv metadata,
-    s = 0) takes that path only with RLKV_DECODE_ATTN=force."""
+    False on x86-64 without AVX2/FMA, on CPUs other than x86-64 and aarch64, or with RLKV_DECODE_ATTN=0 in the
+    environment. The upstream cache (no rlkv metadata, s = 0) takes that path only with RLKV_DECODE_ATTN=force."""
     return bool(native().llama_rlkv_grouped_decode())
 
 

@@ -13,18 +13,25 @@
 #include <type_traits>
 #include <vector>
 
+// The kernel is written once against an 8-lane F32 vector (rlkv_f32x8) and a few operations on it, defined here
+// per instruction set: AVX2/FMA/F16C on x86-64 (checked at run time: the library itself may be built for an older
+// CPU), NEON on aarch64 (Advanced SIMD and F16 conversion are part of every ARMv8-A core).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define RLKV_DECODE_X86 1
-#define RLKV_AVX2 __attribute__((target("avx2,fma,f16c,popcnt")))
+#define RLKV_DECODE_SIMD 1
+#define RLKV_SIMD __attribute__((target("avx2,fma,f16c,popcnt")))
+#elif defined(__aarch64__) && defined(__ARM_NEON) && (defined(__GNUC__) || defined(__clang__))
+#include <arm_neon.h>
+#define RLKV_DECODE_SIMD 1
+#define RLKV_SIMD
 #else
-#define RLKV_DECODE_X86 0
+#define RLKV_DECODE_SIMD 0
 #endif
 
 // grouped decode nodes computed in this process (llama_rlkv_decode_attn_runs)
 static std::atomic<uint64_t> rlkv_decode_runs{0};
 
-#if RLKV_DECODE_X86
+#if RLKV_DECODE_SIMD
 namespace {
 
 constexpr int64_t RLKV_DECODE_BLOCK      = 32;  // cells scored before their V rows are summed
@@ -40,24 +47,87 @@ bool rlkv_is_host(const ggml_tensor * t) {
     return t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer);
 }
 
-RLKV_AVX2 inline float rlkv_hsum(__m256 x) {
+//
+// 8 F32 lanes
+//
+
+#if defined(__x86_64__)
+using rlkv_f32x8 = __m256;
+
+RLKV_SIMD inline rlkv_f32x8 rlkv_zero()                     { return _mm256_setzero_ps(); }
+RLKV_SIMD inline rlkv_f32x8 rlkv_set1(float a)              { return _mm256_set1_ps(a); }
+RLKV_SIMD inline rlkv_f32x8 rlkv_load(const float * p)      { return _mm256_loadu_ps(p); }
+RLKV_SIMD inline void       rlkv_store(float * p, rlkv_f32x8 x) { _mm256_storeu_ps(p, x); }
+RLKV_SIMD inline rlkv_f32x8 rlkv_mul(rlkv_f32x8 a, rlkv_f32x8 b) { return _mm256_mul_ps(a, b); }
+// a*b + c
+RLKV_SIMD inline rlkv_f32x8 rlkv_fma(rlkv_f32x8 a, rlkv_f32x8 b, rlkv_f32x8 c) { return _mm256_fmadd_ps(a, b, c); }
+
+// 8 F16 values as F32
+RLKV_SIMD inline rlkv_f32x8 rlkv_load_f16(const ggml_fp16_t * p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p));
+}
+
+RLKV_SIMD inline float rlkv_hsum(rlkv_f32x8 x) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-// y = y*a; n % 8 == 0
-RLKV_AVX2 void rlkv_scale(float * y, float a, int64_t n) {
-    const __m256 va = _mm256_set1_ps(a);
-    for (int64_t i = 0; i < n; i += 8) {
-        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), va));
-    }
+RLKV_SIMD inline float rlkv_f16_to_f32(ggml_fp16_t h) { return _cvtsh_ss(h); }
+
+// bit i set when mask value i of 16 is not -inf (the cell is visible)
+RLKV_SIMD inline uint32_t rlkv_visible16(const ggml_fp16_t * mp) {
+    const __m256i x  = _mm256_loadu_si256((const __m256i *) mp);
+    const __m256i eq = _mm256_cmpeq_epi16(x, _mm256_set1_epi16((short) 0xFC00)); // F16 -inf
+    const __m128i pk = _mm_packs_epi16(_mm256_castsi256_si128(eq), _mm256_extracti128_si256(eq, 1));
+    return ~(uint32_t) _mm_movemask_epi8(pk) & 0xFFFFu;
+}
+#else // aarch64: two NEON registers
+struct rlkv_f32x8 {
+    float32x4_t lo;
+    float32x4_t hi;
+};
+
+inline rlkv_f32x8 rlkv_zero()                { return { vdupq_n_f32(0.0f), vdupq_n_f32(0.0f) }; }
+inline rlkv_f32x8 rlkv_set1(float a)         { return { vdupq_n_f32(a), vdupq_n_f32(a) }; }
+inline rlkv_f32x8 rlkv_load(const float * p) { return { vld1q_f32(p), vld1q_f32(p + 4) }; }
+inline void       rlkv_store(float * p, rlkv_f32x8 x) { vst1q_f32(p, x.lo); vst1q_f32(p + 4, x.hi); }
+inline rlkv_f32x8 rlkv_mul(rlkv_f32x8 a, rlkv_f32x8 b) { return { vmulq_f32(a.lo, b.lo), vmulq_f32(a.hi, b.hi) }; }
+// a*b + c
+inline rlkv_f32x8 rlkv_fma(rlkv_f32x8 a, rlkv_f32x8 b, rlkv_f32x8 c) {
+    return { vfmaq_f32(c.lo, a.lo, b.lo), vfmaq_f32(c.hi, a.hi, b.hi) };
 }
 
 // 8 F16 values as F32
-RLKV_AVX2 inline __m256 rlkv_load_f16(const ggml_fp16_t * p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p));
+inline rlkv_f32x8 rlkv_load_f16(const ggml_fp16_t * p) {
+    const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16((const uint16_t *) p));
+    return { vcvt_f32_f16(vget_low_f16(h)), vcvt_high_f32_f16(h) };
+}
+
+inline float rlkv_hsum(rlkv_f32x8 x) { return vaddvq_f32(vaddq_f32(x.lo, x.hi)); }
+
+inline float rlkv_f16_to_f32(ggml_fp16_t h) {
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+
+// bit i set when mask value i of 16 is not -inf (the cell is visible)
+inline uint32_t rlkv_visible16(const ggml_fp16_t * mp) {
+    static const uint16_t lane_bit[8] = { 1, 2, 4, 8, 16, 32, 64, 128 };
+    const uint16x8_t bit  = vld1q_u16(lane_bit);
+    const uint16x8_t ninf = vdupq_n_u16(0xFC00); // F16 -inf
+    const uint32_t lo = vaddvq_u16(vandq_u16(vceqq_u16(vld1q_u16((const uint16_t *) mp), ninf), bit));
+    const uint32_t hi = vaddvq_u16(vandq_u16(vceqq_u16(vld1q_u16((const uint16_t *) mp + 8), ninf), bit));
+    return ~(lo | hi << 8) & 0xFFFFu;
+}
+#endif
+
+// y = y*a; n % 8 == 0
+RLKV_SIMD void rlkv_scale(float * y, float a, int64_t n) {
+    const rlkv_f32x8 va = rlkv_set1(a);
+    for (int64_t i = 0; i < n; i += 8) {
+        rlkv_store(y + i, rlkv_mul(rlkv_load(y + i), va));
+    }
 }
 
 // per-thread scratch, sized for the largest layer seen
@@ -82,18 +152,18 @@ struct rlkv_decode_scratch {
 // scores of n cells for the N query heads q[0, N) (rows q_nb1 bytes apart): each K row is loaded once and dotted
 // with all N, the N sums kept in registers; score[n*B + j] = q_n . k_j * scale + mv_j
 template <int N>
-RLKV_AVX2 void rlkv_scores(const char * q, size_t q_nb1, const char * k_h, size_t k_nb2, const int64_t * cell,
+RLKV_SIMD void rlkv_scores(const char * q, size_t q_nb1, const char * k_h, size_t k_nb2, const int64_t * cell,
         const float * mv, int64_t n, int64_t D, float scale, float * score) {
     for (int64_t j = 0; j < n; ++j) {
         const auto * kr = (const ggml_fp16_t *) (k_h + cell[j]*k_nb2);
-        __m256 acc[N];
+        rlkv_f32x8 acc[N];
         for (int g = 0; g < N; ++g) {
-            acc[g] = _mm256_setzero_ps();
+            acc[g] = rlkv_zero();
         }
         for (int64_t d = 0; d < D; d += 8) {
-            const __m256 kv = rlkv_load_f16(kr + d);
+            const rlkv_f32x8 kv = rlkv_load_f16(kr + d);
             for (int g = 0; g < N; ++g) {
-                acc[g] = _mm256_fmadd_ps(kv, _mm256_loadu_ps((const float *) (q + g*q_nb1) + d), acc[g]);
+                acc[g] = rlkv_fma(kv, rlkv_load((const float *) (q + g*q_nb1) + d), acc[g]);
             }
         }
         for (int g = 0; g < N; ++g) {
@@ -105,21 +175,21 @@ RLKV_AVX2 void rlkv_scores(const char * q, size_t q_nb1, const char * k_h, size_
 // acc[g] += sum_j p[g*B + j] * v_j for the N query heads: 8 columns at a time, the N sums kept in registers while
 // the block's V rows (in L1 after the first pass) go by
 template <int N>
-RLKV_AVX2 void rlkv_values(const char * v_h, size_t v_nb2, const int64_t * cell, int64_t n, int64_t D,
+RLKV_SIMD void rlkv_values(const char * v_h, size_t v_nb2, const int64_t * cell, int64_t n, int64_t D,
         const float * p, float * acc) {
     for (int64_t d = 0; d < D; d += 8) {
-        __m256 a[N];
+        rlkv_f32x8 a[N];
         for (int g = 0; g < N; ++g) {
-            a[g] = _mm256_loadu_ps(acc + g*D + d);
+            a[g] = rlkv_load(acc + g*D + d);
         }
         for (int64_t j = 0; j < n; ++j) {
-            const __m256 vv = rlkv_load_f16((const ggml_fp16_t *) (v_h + cell[j]*v_nb2) + d);
+            const rlkv_f32x8 vv = rlkv_load_f16((const ggml_fp16_t *) (v_h + cell[j]*v_nb2) + d);
             for (int g = 0; g < N; ++g) {
-                a[g] = _mm256_fmadd_ps(vv, _mm256_broadcast_ss(p + g*RLKV_DECODE_BLOCK + j), a[g]);
+                a[g] = rlkv_fma(vv, rlkv_set1(p[g*RLKV_DECODE_BLOCK + j]), a[g]);
             }
         }
         for (int g = 0; g < N; ++g) {
-            _mm256_storeu_ps(acc + g*D + d, a[g]);
+            rlkv_store(acc + g*D + d, a[g]);
         }
     }
 }
@@ -145,12 +215,12 @@ void rlkv_for_subgroups(int64_t gq, F && f) {
 // the next (up to) BLOCK visible cells from *c on, stopping at c1, into cell/mv; asks for their K and V rows
 // (every KV head of the view) to be used one block later. Blocks are made of visible cells, so where the masked
 // cells lie does not change how the sums are grouped (as ggml's cell-by-cell loop does not).
-RLKV_AVX2 int64_t rlkv_next_block(const ggml_fp16_t * mp, int64_t & c, int64_t c1, int64_t * cell, float * mv,
+RLKV_SIMD int64_t rlkv_next_block(const ggml_fp16_t * mp, int64_t & c, int64_t c1, int64_t * cell, float * mv,
         const char * k, size_t k_row, size_t k_nb2, const char * v, size_t v_row, size_t v_nb2) {
     constexpr size_t line = 64;
     int64_t n = 0;
     for (; c < c1 && n < RLKV_DECODE_BLOCK; ++c) {
-        const float x = _cvtsh_ss(mp[c]);
+        const float x = rlkv_f16_to_f32(mp[c]);
         if (x == -INFINITY) {
             continue; // masked: its K/V rows are never loaded
         }
@@ -158,10 +228,10 @@ RLKV_AVX2 int64_t rlkv_next_block(const ggml_fp16_t * mp, int64_t & c, int64_t c
         mv[n]   = x;
         ++n;
         for (size_t o = 0; o < k_row; o += line) {
-            _mm_prefetch(k + c*k_nb2 + o, _MM_HINT_T0);
+            __builtin_prefetch(k + c*k_nb2 + o, 0, 3);
         }
         for (size_t o = 0; o < v_row; o += line) {
-            _mm_prefetch(v + c*v_nb2 + o, _MM_HINT_T0);
+            __builtin_prefetch(v + c*v_nb2 + o, 0, 3);
         }
     }
     return n;
@@ -179,7 +249,7 @@ const ggml_fp16_t * rlkv_mask_row(const ggml_tensor * mask, int64_t t, int64_t n
 // apart). Token t of T belongs to stream t / (T/n_stream): its K/V view and its mask row are that stream's.
 // Blocks of visible cells go by in order and each block serves every KV head before the next, so the cache's rows
 // (all heads of a cell are adjacent) stream from memory once, in address order.
-RLKV_AVX2 void rlkv_decode_chunk(
+RLKV_SIMD void rlkv_decode_chunk(
         const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v, const ggml_tensor * mask,
         float scale, int64_t t, int64_t c0, int64_t c1, float * out, int64_t out_stride, rlkv_decode_scratch & w) {
     const int64_t D   = k->ne[0];
@@ -268,18 +338,10 @@ int64_t rlkv_chunk_size(int64_t n_vis) {
     return std::max(RLKV_DECODE_CHUNK_MIN, (per_chunk + RLKV_DECODE_BLOCK - 1)/RLKV_DECODE_BLOCK*RLKV_DECODE_BLOCK);
 }
 
-// bit i set when mask value i of 16 is not -inf (the cell is visible)
-RLKV_AVX2 inline uint32_t rlkv_visible16(const ggml_fp16_t * mp) {
-    const __m256i x  = _mm256_loadu_si256((const __m256i *) mp);
-    const __m256i eq = _mm256_cmpeq_epi16(x, _mm256_set1_epi16((short) 0xFC00)); // F16 -inf
-    const __m128i pk = _mm_packs_epi16(_mm256_castsi256_si128(eq), _mm256_extracti128_si256(eq, 1));
-    return ~(uint32_t) _mm_movemask_epi8(pk) & 0xFFFFu;
-}
-
 // graph node 1: dst [n_chunks + 2, n_tokens] I32: per token the number of chunks it uses, then where each chunk
 // starts (cell index; unused chunks start at n_kv). Chunk c holds the visible cells [c*cs, (c + 1)*cs) in cell
 // order, cs = rlkv_chunk_size(visible cells).
-RLKV_AVX2 void rlkv_decode_index(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
+RLKV_SIMD void rlkv_decode_index(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const ggml_tensor * q    = dst->src[0];
     const ggml_tensor * k    = dst->src[1];
     const ggml_tensor * mask = dst->src[2];
@@ -295,10 +357,10 @@ RLKV_AVX2 void rlkv_decode_index(ggml_tensor * dst, int ith, int nth, void * /*u
         const int64_t n16 = n_kv/16*16;
         int64_t n_vis = 0;
         for (int64_t c = 0; c < n16; c += 16) {
-            n_vis += _mm_popcnt_u32(rlkv_visible16(mp + c));
+            n_vis += __builtin_popcount(rlkv_visible16(mp + c));
         }
         for (int64_t c = n16; c < n_kv; ++c) {
-            n_vis += _cvtsh_ss(mp[c]) != -INFINITY;
+            n_vis += rlkv_f16_to_f32(mp[c]) != -INFINITY;
         }
 
         const int64_t cs     = rlkv_chunk_size(n_vis);
@@ -320,10 +382,10 @@ RLKV_AVX2 void rlkv_decode_index(ggml_tensor * dst, int ith, int nth, void * /*u
                 bits = rlkv_visible16(mp + c);
                 n    = 16;
             } else {
-                bits = _cvtsh_ss(mp[c]) != -INFINITY;
+                bits = rlkv_f16_to_f32(mp[c]) != -INFINITY;
                 n    = 1;
             }
-            const int64_t cnt = _mm_popcnt_u32(bits);
+            const int64_t cnt = __builtin_popcount(bits);
             const int64_t want = next*cs; // index of the visible cell that starts chunk `next`
             if (seen + cnt > want) {
                 for (int64_t j = seen; j < want; ++j) {
@@ -370,7 +432,7 @@ void rlkv_decode_partials(ggml_tensor * dst, int ith, int nth, void * userdata) 
 
 // graph node 3: dst [D, n_q_heads, n_tokens] from the partials [D + 2, n_q_heads, n_chunks, n_tokens] of the chunks
 // in use, in chunk order
-RLKV_AVX2 void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
+RLKV_SIMD void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const ggml_tensor * p   = dst->src[0];
     const ggml_tensor * idx = dst->src[1];
 
@@ -419,17 +481,21 @@ RLKV_AVX2 void rlkv_decode_merge(ggml_tensor * dst, int ith, int nth, void * /*u
 }
 
 } // namespace
-#endif // RLKV_DECODE_X86
+#endif // RLKV_DECODE_SIMD
 
 bool llama_rlkv_decode_attn_enabled() {
-#if RLKV_DECODE_X86
+#if RLKV_DECODE_SIMD
     const char * env = std::getenv("RLKV_DECODE_ATTN");
     if (env && std::strcmp(env, "0") == 0) {
         return false;
     }
+#if defined(__x86_64__)
     // every CPU with AVX2 has F16C and POPCNT (GCC <= 10 has no __builtin_cpu_supports("f16c"))
     static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     return cpu_ok;
+#else
+    return true; // aarch64: NEON and F16 conversion are in every core
+#endif
 #else
     return false;
 #endif
@@ -459,7 +525,7 @@ ggml_tensor * llama_rlkv_build_decode_attn(
         ggml_tensor  * v,
         ggml_tensor  * kq_mask,
         const float  * kq_scale) {
-#if RLKV_DECODE_X86
+#if RLKV_DECODE_SIMD
     if (!llama_rlkv_decode_attn_enabled() || kq_mask == nullptr) {
         return nullptr;
     }

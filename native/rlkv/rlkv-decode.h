@@ -15,8 +15,9 @@
 //
 // Covered: up to 8 tokens (one decoded token, or one per sequence when parallel sequences decode together, one
 // stream each or in a unified cache), F16 K and V rows of the same size (a multiple of 8), V not transposed (flash
-// attention on), an F16 mask, no ALiBi, soft-capping or sinks, x86-64 with AVX2/FMA/F16C. Anything else, or
-// RLKV_DECODE_ATTN=0 in the environment, gets nullptr and the caller builds ggml_flash_attn_ext.
+// attention on), an F16 mask, no ALiBi, soft-capping or sinks; x86-64 with AVX2/FMA/F16C (checked at run time) or
+// aarch64 (NEON). Anything else, or RLKV_DECODE_ATTN=0 in the environment, gets nullptr and the caller builds
+// ggml_flash_attn_ext.
 //
 // RLKV_DECODE_ATTN (read when a graph is built): unset or "1": the rlkv cache's layers; "force": also the upstream
 // cache (files without rlkv metadata, s = 0), so that stock and rlkv files can be timed on one kernel; "0": none.
