@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "model": src.name, "heads": str(args.heads), "n_tokens": args.tokens, "n_facts": args.n, "gap": args.gap,
         "min_distance": min(f["distance"] for f in facts), "seed": args.seed, "answer_tokens": N_ANSWER,
+        "kv_bytes_f16": f16,
         "text": "Debian licences (bench/long_front.py) with the facts inserted", "threads": args.threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "commit": commit, "rows": rows,
     }  # fmt: skip

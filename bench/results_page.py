@@ -478,6 +478,28 @@ def depth_block(name: str, prefix: str) -> list[str]:
     return out + table(header, ["---:", "---", "---:", "---:", "---:", "---:"], rows)
 
 
+def recall_block(name: str, prefix: str) -> list[str]:
+    """bench/recall_depth.py's layout: key recall at depth per configuration, with its KV memory."""
+    d = load(name)
+    f16 = d.get("kv_bytes_f16")
+    out = [
+        f"{link(name, prefix)}: {d.get('model', '?')}, key recall at {d['n_tokens']} tokens of {d.get('text', '?')}: "
+        f"{d['n_facts']} facts, each at least {d['min_distance']} tokens before its question, greedy; heads "
+        f"{d.get('heads', '?')}, {d.get('threads', '?')} threads.",
+        "",
+    ]
+    rows = [
+        [
+            r["label"],
+            f_mib(r["kv_bytes"]),
+            f_ratio(r["kv_bytes"] / f16) if f16 else "–",
+            f"{sum(a['correct'] for a in r['answers'])}/{len(r['answers'])} ({f_pct(r['accuracy'])})",
+        ]
+        for r in d["rows"]
+    ]
+    return out + table(["config", "KV MiB", "× f16", "key recall"], ["---", "---:", "---:", "---:"], rows)
+
+
 def block_qwen(prefix: str) -> list[str]:
     names = qwen_files()
     if not names:
@@ -487,6 +509,8 @@ def block_qwen(prefix: str) -> list[str]:
         d = load(n)
         if "points" in d:
             out += frontier_block(n, prefix)
+        elif "n_facts" in d:
+            out += recall_block(n, prefix)
         elif "rows" in d and "depths" in d:
             out += depth_block(n, prefix)
         elif "rows" in d and "sink" in d:
@@ -672,7 +696,30 @@ def _below_q8(pts: dict[str, dict[str, Any]]) -> str:
         f". rlkv saves {f_ratio(q8['kv_bytes'] / best['kv_bytes'])}× q8_0's memory "
         f"at {best['mean_kl'] / q8['mean_kl']:.1f}× "
         "its KL: where the output must stay as close to f16 as q8_0 keeps it, plain q8_0 is the choice at this context"
+        + _pairs_below_q8(pts, q8)
     )
+
+
+def _pairs_below_q8(pts: dict[str, dict[str, Any]], q8: dict[str, Any]) -> str:
+    """Which llama.cpp cache-type pairs under q8_0's memory an rlkv point dominates (≤ memory and ≤ KL)."""
+    rlkv = [p for p in pts.values() if p["config"]["family"] == "rlkv+quant"]
+    pairs = [p for p in pts.values() if p["config"]["family"] == "kv-quant" and p["kv_bytes"] < q8["kv_bytes"]]
+    if not pairs:
+        return ""
+    said = []
+    for p in sorted(pairs, key=lambda q: q["kv_bytes"]):
+        c = p["config"]
+        dom = dominators(p, rlkv)
+        by = "not dominated by an rlkv point"
+        if dom:
+            by = f"dominated by {describe(min(dom, key=lambda q: q['mean_kl']))}"
+        said.append(f"{c['type_k']}/{c['type_v']} ({m_short(p, pts)}) {by}")
+    return ". Cache-type pairs under q8_0's memory: " + "; ".join(said)
+
+
+def m_short(p: dict[str, Any], pts: dict[str, dict[str, Any]]) -> str:
+    """'0.28× f16, KL 0.047' for a front point."""
+    return f"{f_ratio(p['kv_bytes'] / pts['f16/f16 full']['kv_bytes'])}× f16, KL {f_kl(p['mean_kl'])}"
 
 
 def qwen_verdict(prefix: str) -> list[str]:
