@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlkv_edge.atomic import atomic_write_text
+from record import save_record
 
 _CHILD = """
 import json, sys
@@ -88,14 +87,12 @@ def main() -> int:
         a = statistics.median(r[d] for r in runs["after"])
         rows.append({"depth": d, "before_tg": b, "after_tg": a, "ratio": a / b})
         print(f"| {d} | {b:.2f} | {a:.2f} | {a / b:.3f} |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {
         "model": src.name, "heads": str(args.heads), "sparsity": 0.5, "cache": "f16/f16", "kernel": "grouped",
-        "n_gen": args.n_gen, "rounds": args.rounds, "threads": args.threads, "commit": commit,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "rows": rows, "runs": runs,
+        "n_gen": args.n_gen, "rounds": args.rounds, "threads": args.threads, "rows": rows,
+        "runs": runs,
     }  # fmt: skip
-    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    save_record(args.out, record)
     return 0
 
 

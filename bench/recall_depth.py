@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +26,8 @@ from typing import Any
 
 import numpy as np
 from long_front import equal_memory_window, long_text
+from record import save_record
 
-from rlkv_edge.atomic import atomic_write_text
 from rlkv_edge.catalog import find
 from rlkv_edge.convert import convert_gguf
 from rlkv_edge.heads import HeadScores, load_heads
@@ -184,16 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| config | KV MiB | × f16 | recall |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['label']} | {r['kv_bytes'] / 2**20:.1f} | {r['kv_bytes'] / f16:.3f} | {r['accuracy']:.0%} |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {
         "model": src.name, "heads": str(args.heads), "n_tokens": args.tokens, "n_facts": args.n, "gap": args.gap,
         "min_distance": min(f["distance"] for f in facts), "seed": args.seed, "answer_tokens": N_ANSWER,
         "kv_bytes_f16": f16,
         "text": "Debian licences (bench/long_front.py) with the facts inserted", "threads": args.threads,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "commit": commit, "rows": rows,
+        "rows": rows,
     }  # fmt: skip
-    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    save_record(args.out, record)
     return 0
 
 
