@@ -19,17 +19,14 @@ mark`: attention's cost does not depend on the values). Repetitions go round-rob
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from rlkv_edge.atomic import atomic_write_text
+from record import save_record
+
 from rlkv_edge.bench import BenchConfig, BenchResult, predicted_tg_ratio, run_bench
 from rlkv_edge.catalog import find
 from rlkv_edge.convert import convert_gguf
@@ -113,15 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         cells = [r["depth"], r["row"], r["decode_kernel"], f"{r['kv_mib']:.1f}", f"{r['tg']:.1f}", f"{r['pp']:.1f}"]
         cells += [f"{r['split_tg']:.2f} ({pred})", f"{r['split_pp']:.2f}", f"{r['kernel_tg']:.2f}"]
         print("| " + " | ".join(map(str, cells)) + " |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {
         "model": plain.name, "heads": str(args.heads), "sink": args.sink, "window": args.window,
         "sparsities": sparsities, "depths": depths, "n_ctx": n_ctx, "threads": args.threads, "reps": args.reps,
-        "fill": "mark", "machine": f"{platform.machine()} {os.cpu_count()} cpus", "commit": commit,
-        "elapsed_s": round(time.time() - t0), "rows": rows,
+        "fill": "mark", "elapsed_s": round(time.time() - t0), "rows": rows,
     }  # fmt: skip
-    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
-    log(f"wrote {args.out}")
+    save_record(args.out, record)
     return 0
 
 

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from record import save_record
 
 from rlkv_edge.atomic import atomic_path
 from rlkv_edge.catalog import find
@@ -175,20 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {p.config.label} | {p.kv_mib:.1f} | {p.kv_bytes / f16:.3f} | {p.mean_kl:.4f} | {p.top1:.3f} | {front} |"
         )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {
         "model": src.name, "heads": str(args.heads), "n_tokens": args.tokens, "n_ctx": args.tokens,
         "score_last": args.score_last, "text": "Debian licences " + "+".join(LICENCES),
         "decode_kernel": "product default (prefill batches: ggml flash attention)", "threads": args.threads,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "commit": commit,
         "elapsed_s": round(time.time() - t0),
     }  # fmt: skip
     out = to_json(points, meta)
     for d in out["points"]:
         d["config"]["path"] = Path(d["config"]["path"]).name  # no machine layout in results
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    log(f"wrote {args.out}")
+    save_record(args.out, out)
     return 0
 
 

@@ -376,8 +376,27 @@ QWEN_PENDING = (
 )
 
 
+# JSON whose table a later run replaced: left off the first screen once the replacement exists (kept in the note).
+SUPERSEDED = {
+    "qwen_cross_s05": ("qwen_cross_s05_w128", "notes/qwen-program-trace-w64.md"),
+}
+
+
 def qwen_files() -> list[str]:
-    return sorted(p.stem for p in RESULTS.glob("qwen_*.json"))
+    """The Qwen JSON shown on the first screen: every bench/results/qwen_*.json but the superseded."""
+    names = sorted(p.stem for p in RESULTS.glob("qwen_*.json"))
+    return [n for n in names if not (n in SUPERSEDED and SUPERSEDED[n][0] in names)]
+
+
+def superseded_line(names: list[str], prefix: str) -> str:
+    """Which superseded JSON the first screen leaves off, and where they are discussed."""
+    gone = [(n, *SUPERSEDED[n]) for n in sorted(SUPERSEDED) if n not in names and SUPERSEDED[n][0] in names]
+    if not gone:
+        return ""
+    docs = "" if prefix.startswith("../") else "docs/"
+    return "Superseded, not shown: " + "; ".join(
+        f"{link(n, prefix)} by {link(by, prefix)} ([{Path(note).name}]({docs}{note}))" for n, by, note in gone
+    )
 
 
 def frontier_block(name: str, prefix: str) -> list[str]:
@@ -521,7 +540,8 @@ def block_qwen(prefix: str) -> list[str]:
             out.append(f"{link(n, prefix)}: no renderer for this JSON's layout yet (bench/results_page.py).")
         out.append("")
     out.append(sources_line(names, prefix))
-    return out
+    gone = superseded_line(names, prefix)
+    return out + (["", gone] if gone else [])
 
 
 # ---------------------------------------------------------------------------------------------- speed at 32k
@@ -722,6 +742,40 @@ def m_short(p: dict[str, Any], pts: dict[str, dict[str, Any]]) -> str:
     return f"{f_ratio(p['kv_bytes'] / pts['f16/f16 full']['kv_bytes'])}× f16, KL {f_kl(p['mean_kl'])}"
 
 
+# The program-trace cross tables, the one the verdict quotes first (most problems, then the widest window).
+QWEN_REASONING = ("qwen_cross_s05_w128_n100", "qwen_cross_s05_w128", "qwen_cross_s05")
+
+
+def qwen_reasoning_bullet(name: str, prefix: str) -> str:
+    """Program tracing at s=0.5: each head set's accuracy against the full cache and the random masks' mean."""
+    d = load(name)
+    acc = {(r["heads"], r["sparsity"]): r["reasoning"] for r in d["rows"]}
+    full = acc[("full cache", 0.0)]
+    rnd = [a for (h, s), a in acc.items() if h.startswith("random-") and s == 0.5]
+
+    def vs(h: str) -> str:
+        a = acc.get((h, 0.5))
+        return "–" if a is None else f"{f_pct(a)} ({100 * (a - full):+.0f} points)"
+
+    sim = d["similarity"][0] if d.get("similarity") else None
+    same = (
+        f" Those two head sets' full heads at s=0.5 overlap with Jaccard {sim['jaccard']:.2f}, their scores "
+        f"rank-correlate at Spearman ρ {sim['spearman']:+.2f}; no GRPO or distillation heads exist for this model "
+        "yet, so the paper's question (do RL heads differ?) is open here."
+        if sim
+        else ""
+    )
+    mean = f" (mean {f_pct(sum(rnd) / len(rnd))})" if rnd else ""
+    return (
+        f"- **Qwen2.5-Coder-0.5B, program tracing with half its heads local (s=0.5, S{d['sink']}/W{d['window']}):** "
+        f"full cache {f_pct(full)}; heads ablated on the model's own chains of thought {vs('trace-ablation')}, the "
+        f"shipped ablation heads {vs('ablation')}, {len(rnd)} random masks {' / '.join(f_pct(a) for a in rnd)}{mean}, "
+        f"the per-layer-uniform mask {f_pct(acc.get(('uniform', 0.5)))}; "
+        f"all-local {f_pct(acc.get(('all local', 1.0)))} "
+        f"({d['n_reasoning']} held-out problems, greedy; {link(name, prefix)}).{same}"
+    )
+
+
 def qwen_verdict(prefix: str) -> list[str]:
     """The Qwen2.5-Coder-0.5B bullets, each from its JSON when it exists: decode at 32k depth on one kernel, the
     32k front, the reasoning family at s=0.5."""
@@ -743,28 +797,9 @@ def qwen_verdict(prefix: str) -> list[str]:
         )
     if (RESULTS / "qwen_front_32k.json").is_file():
         out.append(qwen_front_bullet(prefix))
-    if (RESULTS / "qwen_cross_s05.json").is_file():
-        d = load("qwen_cross_s05")
-        acc = {(r["heads"], r["sparsity"]): r["reasoning"] for r in d["rows"]}
-        rnd = [a for (h, s), a in acc.items() if h.startswith("random-") and s == 0.5]
-        sim = d["similarity"][0] if d.get("similarity") else None
-        same = (
-            f" The two ablation head sets' full heads at s=0.5 overlap with Jaccard {sim['jaccard']:.2f}, their "
-            f"scores rank-correlate at Spearman ρ {sim['spearman']:+.2f}; no GRPO or distillation heads exist for "
-            "this model yet, so the paper's question (do RL heads differ?) is open here."
-            if sim
-            else ""
-        )
-        out.append(
-            f"- **Qwen2.5-Coder-0.5B: with half its heads local, no head set tried keeps its chains of thought.** "
-            f"Program tracing "
-            f"({d['n_reasoning']} held-out problems, greedy, S{d['sink']}/W{d['window']}, answers longer than the "
-            f"window): full cache {f_pct(acc[('full cache', 0.0)])}; at s=0.5 the shipped ablation heads "
-            f"{f_pct(acc[('ablation', 0.5)])}, heads ablated on the model's own chains of thought "
-            f"{f_pct(acc.get(('trace-ablation', 0.5)))}, 3 random masks {' / '.join(f_pct(a) for a in rnd)}, the "
-            f"per-layer-uniform mask {f_pct(acc.get(('uniform', 0.5)))}; all-local {f_pct(acc[('all local', 1.0)])} "
-            f"({link('qwen_cross_s05', prefix)}).{same}"
-        )
+    cross = next((n for n in QWEN_REASONING if (RESULTS / f"{n}.json").is_file()), None)
+    if cross:
+        out.append(qwen_reasoning_bullet(cross, prefix))
     return out
 
 

@@ -25,7 +25,7 @@ CALIBRATION_VERSION = 1
 
 # The grid `convert --calibrate` measures: every K/V cache type pair at s = 0, then each sparsity × (S, W) × pair.
 # K q8_0 with V q4_0 (-ctk q8_0 -ctv q4_0) is on SmolLM2's 8k frontier: KL 0.0127 at 0.41x f16's KV, where q4_0
-# for both has 0.084 at 0.28x (docs/RESULTS.md, "Below q4_0's memory at 8k").
+# for both has 0.084 at 0.28x (docs/notes/smollm2-8k-in-detail.md, "Below q4_0's memory at 8k").
 GRID_TYPES = (("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0"))
 GRID_SPARSITIES = (0.25, 0.5, 0.75, 1.0)
 GRID_SINK_WINDOWS = ((64, 256), (64, 1024))

@@ -29,8 +29,8 @@ This module needs neither torch nor llama.cpp.
 Status: **the bundled SmolLM2-135M-Instruct is at chance on it** (full cache 32.5% on 40 held-out problems,
 the 1-in-3 of picking one of the stated codes; all-local at S16/W64 0%; `bench/results/reasoning_task.json`).
 It recites the codes in order instead of following the link. Issue 14 asks for ≥ 50% with a full cache; no
-design tried so far reaches it with this model (docs/RESULTS.md lists them), so the cross table does not
-rank head sets on it.
+design tried so far reaches it with this model (docs/notes/reasoning-task-family.md lists them), so the cross
+table does not rank head sets on it.
 """
 
 from __future__ import annotations

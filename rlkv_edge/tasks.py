@@ -105,8 +105,8 @@ def make_problems(n: int, seed: int, n_words: int = N_WORDS, lead_words: int = 0
 
 # (S, W) → (n_words, lead_words): problem sizes whose code sits past the S sinks and more than W tokens
 # before the question. (16, 64): the original problems, code at token ~20 of ~200. (64, 256): code at
-# token ~107 of ~430 (full cache 12/12, all-local 0/12 on SmolLM2; docs/RESULTS.md). (64, 2048): code past
-# ~1000 tokens of lead and ~3900 tokens before the question (bench/recall_long.py).
+# token ~107 of ~430 (full cache 12/12, all-local 0/12 on SmolLM2; docs/notes/head-scores-cross-table.md).
+# (64, 2048): code past ~1000 tokens of lead and ~3900 tokens before the question (bench/recall_long.py).
 RECALL_SIZES = {(16, 64): (N_WORDS, 0), (64, 256): (250, 60), (64, 2048): (3000, 800)}
 
 

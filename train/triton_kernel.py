@@ -381,7 +381,7 @@ def fused_mixed_attention(
 
     tuned=True autotunes tiles, warps and stages on a GPU (the interpreter always runs fixed 16 × 16 tiles).
     Off by default: on an H200 it was 1.5-1.6x faster at 8k-16k, but its dK differed from the reference by up
-    to 7% of dK's largest value, where the fixed tiles' had differed by at most 0.6% (docs/RESULTS.md)."""
+    to 7% of dK's largest value, where the fixed tiles' had differed by at most 0.6% (docs/notes/gpu-backends.md)."""
     if not _HAVE_TRITON:
         raise RuntimeError("triton is not installed")
     if q.shape[2] > k.shape[2]:

@@ -73,7 +73,7 @@ def test_default_heads_file_is_shipped_with_provenance():
     assert p.is_file(), "rlkv_edge/data/default_heads.json is not in the installed package"
     h = load_heads(p)
     assert h.scores.shape == (30, 3)
-    assert h.method in ("rlkv-grpo", "rlkv-distill")  # trained, by the rule in docs/RESULTS.md
+    assert h.method in ("rlkv-grpo", "rlkv-distill")  # trained, by the rule in docs/notes/head-scores-cross-table.md
     assert h.model.get("architecture") == "llama"
     tr = h.training
     assert tr.get("steps_done", 0) >= 1 and "command" in tr and tr.get("objective") in ("grpo", "distill")
