@@ -241,3 +241,22 @@ def test_qwen_block_is_pending_until_its_json_exists(page, tmp_path, monkeypatch
         assert "| 98.6 | 0.53 | 0.0049 |" in out  # q8_0 K+V row, rendered from the file
     finally:
         page.load.cache_clear()
+
+
+def test_a_superseded_table_leaves_the_first_screen_once_replaced(page, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The S16/W64 cross table shows until the S16/W128 one exists; then only a pointer to its note is left."""
+    monkeypatch.setattr(page, "RESULTS", tmp_path)
+    monkeypatch.setattr(page, "commit_of", lambda name: "uncommitted")
+    page.load.cache_clear()
+    try:
+        (tmp_path / "qwen_cross_s05.json").write_text(json.dumps(_json("qwen_cross_s05")))
+        alone = page.render("qwen")
+        assert "S16/W64, 1 threads." in alone and "Superseded" not in alone
+        (tmp_path / "qwen_cross_s05_w128.json").write_text(json.dumps(_json("qwen_cross_s05_w128")))
+        page.load.cache_clear()
+        both = page.render("qwen")
+        assert "S16/W64, 1 threads." not in both and "S16/W128, 1 threads." in both
+        assert "Superseded, not shown: [qwen_cross_s05](../bench/results/qwen_cross_s05.json)" in both
+        assert "(notes/qwen-program-trace-w64.md)" in both
+    finally:
+        page.load.cache_clear()
