@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--types", default="q8_0/q8_0", help="K/V cache types of every configuration")
+    ap.add_argument("--heads-also", action="append", default=[], metavar="NAME=FILE",
+                    help="another head set at the rlkv point, its row labelled [NAME] (repeatable)")  # fmt: skip
     ap.add_argument("--n-random", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", action="append", default=None, metavar="TEXT", help="labels containing TEXT only")
@@ -157,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             {"label": f"all-local S{S}/W{wl} {args.types} (= memory of s={s:g} W{W})", "path": conv, "sparsity": 1.0,
              "sink": S, "window": wl, **base},
         ]  # fmt: skip
+        for spec in args.heads_also:
+            name, _, file = spec.partition("=")
+            if not file:
+                raise SystemExit(f"--heads-also wants NAME=FILE, got {spec!r}")
+            dst = Path(tmp) / f"{name}.rlkv.gguf"
+            other = load_heads(Path(file))
+            convert_gguf(src, HeadScores(other.scores, S, W, name, other.model, {}), dst)
+            label = f"rlkv s={s:g} S{S}/W{W} {args.types} [{name}]"
+            configs.append({"label": label, "path": dst, "sparsity": s, "sink": S, "window": W, **base})
         for seed in range(args.n_random):
             dst = Path(tmp) / f"random-{seed}.rlkv.gguf"
             scores = np.random.default_rng(seed).random(heads.scores.shape).astype(np.float32)
@@ -182,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['label']} | {r['kv_bytes'] / 2**20:.1f} | {r['kv_bytes'] / f16:.3f} | {r['accuracy']:.0%} |")
     record = {
-        "model": src.name, "heads": str(args.heads), "n_tokens": args.tokens, "n_facts": args.n, "gap": args.gap,
+        "model": src.name, "heads": str(args.heads), "heads_also": args.heads_also, "n_tokens": args.tokens,
+        "n_facts": args.n, "gap": args.gap,
         "min_distance": min(f["distance"] for f in facts), "seed": args.seed, "answer_tokens": N_ANSWER,
         "kv_bytes_f16": f16,
         "text": "Debian licences (bench/long_front.py) with the facts inserted", "threads": args.threads,
