@@ -379,6 +379,7 @@ QWEN_PENDING = (
 # JSON whose table a later run replaced: left off the first screen once the replacement exists (kept in the note).
 SUPERSEDED = {
     "qwen_cross_s05": ("qwen_cross_s05_w128", "notes/qwen-program-trace-w64.md"),
+    "qwen_reasoning_full": ("qwen_cross_s05_w128_n100", "notes/qwen-program-trace-w64.md"),
 }
 
 
@@ -747,7 +748,8 @@ QWEN_REASONING = ("qwen_cross_s05_w128_n100", "qwen_cross_s05_w128", "qwen_cross
 
 
 def qwen_reasoning_bullet(name: str, prefix: str) -> str:
-    """Program tracing at s=0.5: each head set's accuracy against the full cache and the random masks' mean."""
+    """Program tracing at s=0.5: each head set's accuracy against the full cache and the random masks' mean; rows
+    the file lacks (uniform, all-local) from a smaller run at the same S/W, with its problem count."""
     d = load(name)
     acc = {(r["heads"], r["sparsity"]): r["reasoning"] for r in d["rows"]}
     full = acc[("full cache", 0.0)]
@@ -757,9 +759,20 @@ def qwen_reasoning_bullet(name: str, prefix: str) -> str:
         a = acc.get((h, 0.5))
         return "–" if a is None else f"{f_pct(a)} ({100 * (a - full):+.0f} points)"
 
+    def other(key: tuple[str, float]) -> str:
+        if key in acc:
+            return f_pct(acc[key])
+        for n in QWEN_REASONING:
+            o = load(n) if n != name and (RESULTS / f"{n}.json").is_file() else None
+            if o and (o["sink"], o["window"]) == (d["sink"], d["window"]):
+                got = {(r["heads"], r["sparsity"]): r["reasoning"] for r in o["rows"]}
+                if key in got:
+                    return f"{f_pct(got[key])} (first {o['n_reasoning']} problems, {link(n, prefix)})"
+        return "–"
+
     sim = d["similarity"][0] if d.get("similarity") else None
     same = (
-        f" Those two head sets' full heads at s=0.5 overlap with Jaccard {sim['jaccard']:.2f}, their scores "
+        f" The two ablation head sets' full heads at s=0.5 overlap with Jaccard {sim['jaccard']:.2f}, their scores "
         f"rank-correlate at Spearman ρ {sim['spearman']:+.2f}; no GRPO or distillation heads exist for this model "
         "yet, so the paper's question (do RL heads differ?) is open here."
         if sim
@@ -768,11 +781,10 @@ def qwen_reasoning_bullet(name: str, prefix: str) -> str:
     mean = f" (mean {f_pct(sum(rnd) / len(rnd))})" if rnd else ""
     return (
         f"- **Qwen2.5-Coder-0.5B, program tracing with half its heads local (s=0.5, S{d['sink']}/W{d['window']}):** "
-        f"full cache {f_pct(full)}; heads ablated on the model's own chains of thought {vs('trace-ablation')}, the "
-        f"shipped ablation heads {vs('ablation')}, {len(rnd)} random masks {' / '.join(f_pct(a) for a in rnd)}{mean}, "
-        f"the per-layer-uniform mask {f_pct(acc.get(('uniform', 0.5)))}; "
-        f"all-local {f_pct(acc.get(('all local', 1.0)))} "
-        f"({d['n_reasoning']} held-out problems, greedy; {link(name, prefix)}).{same}"
+        f"full cache {f_pct(full)}; the shipped ablation heads {vs('ablation')}, heads ablated on the model's own "
+        f"chains of thought {vs('trace-ablation')}, {len(rnd)} random masks {' / '.join(f_pct(a) for a in rnd)}{mean} "
+        f"({d['n_reasoning']} held-out problems, greedy; {link(name, prefix)}); the per-layer-uniform mask "
+        f"{other(('uniform', 0.5))}, all-local {other(('all local', 1.0))}.{same}"
     )
 
 
