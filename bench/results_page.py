@@ -684,13 +684,27 @@ def qwen_front_bullet(prefix: str) -> str:
         if p["config"]["family"] != "rlkv+quant":
             continue
         s, w = p["config"]["sparsity"], p["config"]["window"]
-        loc = next((q for k, q in pts.items() if k.endswith(f"(= memory of s={s:g} W{w})")), None)
+        types = (p["config"]["type_k"], p["config"]["type_v"])
+        loc = next(
+            (
+                q
+                for k, q in pts.items()
+                if k.endswith(f"(= memory of s={s:g} W{w})") and (q["config"]["type_k"], q["config"]["type_v"]) == types
+            ),
+            None,
+        )
         vs = (
             f"; all-local at that memory with the same types {m(loc)} ({loc['mean_kl'] / p['mean_kl']:.1f}× the KL)"
             if loc
-            else ""
+            else "; all-local at that memory with these types not measured"
         )
-        rnd = [q for q in pts.values() if q["config"]["family"] == "random" and q["config"]["sparsity"] == s]
+        rnd = [
+            q
+            for q in pts.values()
+            if q["config"]["family"] == "random"
+            and q["config"]["sparsity"] == s
+            and (q["config"]["type_k"], q["config"]["type_v"]) == types
+        ]
         rn = (
             f"; {len(rnd)} random head set(s) at s={s:g}: KL {' / '.join(f_kl(q['mean_kl']) for q in rnd)}"
             if rnd
