@@ -793,12 +793,38 @@ def qwen_reasoning_bullet(name: str, prefix: str) -> str:
         else ""
     )
     mean = f" (mean {f_pct(sum(rnd) / len(rnd))})" if rnd else ""
+    masks = f"{len(rnd)} random mask" + ("s" if len(rnd) != 1 else "")
     return (
         f"- **Qwen2.5-Coder-0.5B, program tracing with half its heads local (s=0.5, S{d['sink']}/W{d['window']}):** "
         f"full cache {f_pct(full)}; the shipped ablation heads {vs('ablation')}, heads ablated on the model's own "
-        f"chains of thought {vs('trace-ablation')}, {len(rnd)} random masks {' / '.join(f_pct(a) for a in rnd)}{mean} "
+        f"chains of thought {vs('trace-ablation')}, {masks} {' / '.join(f_pct(a) for a in rnd)}{mean} "
         f"({d['n_reasoning']} held-out problems, greedy; {link(name, prefix)}); the per-layer-uniform mask "
         f"{other(('uniform', 0.5))}, all-local {other(('all local', 1.0))}.{same}"
+    )
+
+
+def qwen_recall_bullet(name: str, prefix: str) -> str:
+    """Key recall at depth: the full cache, the shipped heads, all-local at their memory and the random masks."""
+    d = load(name)
+    f16 = d["kv_bytes_f16"]
+
+    def cell(r: dict[str, Any]) -> str:
+        got = f"{sum(a['correct'] for a in r['answers'])}/{len(r['answers'])}"
+        return f"{f_pct(r['accuracy'])} ({got}) at {f_ratio(r['kv_bytes'] / f16)}× f16"
+
+    rows = {r["label"]: r for r in d["rows"]}
+    full = next(r for k, r in rows.items() if k.endswith(" full"))
+    rlkv = [r for k, r in rows.items() if k.startswith("rlkv ") and "[" not in k]
+    loc = [r for k, r in rows.items() if k.startswith("all-local ")]
+    rnd = [r for k, r in rows.items() if k.startswith("random-")]
+    said = [f"every head full {cell(full)}"]
+    said += [f"the shipped heads ({r['label']}) {cell(r)}" for r in rlkv]
+    said += [f"all-local at that memory with the same types ({r['label'].split(' (')[0]}) {cell(r)}" for r in loc]
+    if rnd:
+        said.append(f"{len(rnd)} random head set(s) {' / '.join(f_pct(r['accuracy']) for r in rnd)}")
+    return (
+        f"- **Qwen2.5-Coder-0.5B, key recall at {d['n_tokens']} tokens** (a fact at least {d['min_distance']} tokens "
+        f"before its question, {d['n_facts']} facts, greedy): " + "; ".join(said) + f" ({link(name, prefix)})."
     )
 
 
@@ -823,6 +849,8 @@ def qwen_verdict(prefix: str) -> list[str]:
         )
     if (RESULTS / "qwen_front_32k.json").is_file():
         out.append(qwen_front_bullet(prefix))
+    for path in sorted(RESULTS.glob("qwen_recall_*.json")):
+        out.append(qwen_recall_bullet(path.stem, prefix))
     cross = next((n for n in QWEN_REASONING if (RESULTS / f"{n}.json").is_file()), None)
     if cross:
         out.append(qwen_reasoning_bullet(cross, prefix))
