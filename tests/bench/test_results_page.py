@@ -77,6 +77,12 @@ def _kv_values(names: set[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {"mib": set(), "ratio": set(), "kl": set(), "acc": set()}
     for name in names:
         d = _json(name)
+        if "n_facts" in d:  # bench/recall_depth.py's layout: rows with their KV bytes against the f16 cache's
+            for r in d["rows"]:
+                out["mib"].add(f"{r['kv_bytes'] / 2**20:.1f}")
+                out["ratio"].add(f"{r['kv_bytes'] / d['kv_bytes_f16']:.2f}")
+                out["acc"].add(f"{100 * r['accuracy']:.0f}%")
+            continue
         points = d.get("points")
         if not points:
             continue
