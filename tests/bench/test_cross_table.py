@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import bench_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,16 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def cross():  # type: ignore[no-untyped-def]
     """bench/cross_table.py as a module (it imports bench/showcase.py by name)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("cross_table", ROOT / "bench" / "cross_table.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["cross_table"] = mod  # dataclasses look their module up by name
-        spec.loader.exec_module(mod)
+    with bench_module("cross_table") as mod:
         yield mod
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 def test_ranks_per_evaluation_with_ties(cross) -> None:  # type: ignore[no-untyped-def]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import bench_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,15 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def recall():  # type: ignore[no-untyped-def]
     """bench/recall_depth.py as a module (it imports bench/long_front.py and bench/record.py by name)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("recall_depth", ROOT / "bench" / "recall_depth.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+    with bench_module("recall_depth") as mod:
         yield mod
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 class ByteTokenizer:
