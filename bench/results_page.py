@@ -670,6 +670,11 @@ def block_verdict(prefix: str) -> list[str]:
     ]
 
 
+def kv_types(p: dict[str, Any]) -> tuple[str, str]:
+    """A front point's K and V cache types."""
+    return p["config"]["type_k"], p["config"]["type_v"]
+
+
 def qwen_front_bullet(prefix: str) -> str:
     """The 32k front in one sentence: q8_0 against the rlkv points and all-local at their memory."""
     d = load("qwen_front_32k")
@@ -684,13 +689,8 @@ def qwen_front_bullet(prefix: str) -> str:
         if p["config"]["family"] != "rlkv+quant":
             continue
         s, w = p["config"]["sparsity"], p["config"]["window"]
-        types = (p["config"]["type_k"], p["config"]["type_v"])
         loc = next(
-            (
-                q
-                for k, q in pts.items()
-                if k.endswith(f"(= memory of s={s:g} W{w})") and (q["config"]["type_k"], q["config"]["type_v"]) == types
-            ),
+            (q for k, q in pts.items() if k.endswith(f"(= memory of s={s:g} W{w})") and kv_types(q) == kv_types(p)),
             None,
         )
         vs = (
@@ -701,9 +701,7 @@ def qwen_front_bullet(prefix: str) -> str:
         rnd = [
             q
             for q in pts.values()
-            if q["config"]["family"] == "random"
-            and q["config"]["sparsity"] == s
-            and (q["config"]["type_k"], q["config"]["type_v"]) == types
+            if q["config"]["family"] == "random" and q["config"]["sparsity"] == s and kv_types(q) == kv_types(p)
         ]
         rn = (
             f"; {len(rnd)} random head set(s) at s={s:g}: KL {' / '.join(f_kl(q['mean_kl']) for q in rnd)}"
@@ -761,11 +759,16 @@ def m_short(p: dict[str, Any], pts: dict[str, dict[str, Any]]) -> str:
 QWEN_REASONING = ("qwen_cross_s05_w128_n100", "qwen_cross_s05_w128", "qwen_cross_s05")
 
 
+def cross_accuracy(d: dict[str, Any]) -> dict[tuple[str, float], float]:
+    """A cross table's reasoning accuracy by (head set, sparsity)."""
+    return {(r["heads"], r["sparsity"]): r["reasoning"] for r in d["rows"]}
+
+
 def qwen_reasoning_bullet(name: str, prefix: str) -> str:
     """Program tracing at s=0.5: each head set's accuracy against the full cache and the random masks' mean; rows
     the file lacks (uniform, all-local) from a smaller run at the same S/W, with its problem count."""
     d = load(name)
-    acc = {(r["heads"], r["sparsity"]): r["reasoning"] for r in d["rows"]}
+    acc = cross_accuracy(d)
     full = acc[("full cache", 0.0)]
     rnd = [a for (h, s), a in acc.items() if h.startswith("random-") and s == 0.5]
 
@@ -779,7 +782,7 @@ def qwen_reasoning_bullet(name: str, prefix: str) -> str:
         for n in QWEN_REASONING:
             o = load(n) if n != name and (RESULTS / f"{n}.json").is_file() else None
             if o and (o["sink"], o["window"]) == (d["sink"], d["window"]):
-                got = {(r["heads"], r["sparsity"]): r["reasoning"] for r in o["rows"]}
+                got = cross_accuracy(o)
                 if key in got:
                     return f"{f_pct(got[key])} (first {o['n_reasoning']} problems, {link(n, prefix)})"
         return "–"

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from bench_scripts import bench_module
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def recall():  # type: ignore[no-untyped-def]
